@@ -63,6 +63,70 @@ def test_demo_spec_is_valid():
     assert spec.study.stage2_from_size in spec.study.scaling_sizes
 
 
+def test_spec_validates_per_epoch_subsets(tmp_path):
+    base = {"experiment": "x", "students": [{"name": "s", "model": "m"}], "data": {"inputs": ["a"]},
+            "generate": {"problems": ["p"]}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**base, "study": {"per_epoch_eval": ["random", "hardest"]}}))
+    with pytest.raises(ConfigError, match="hardest"):
+        load_spec(path)
+    path.write_text(yaml.safe_dump({**base, "train": {"export_every_epoch": True}}))
+    with pytest.raises(ConfigError, match="export_every_epoch"):
+        load_spec(path)
+
+
+def test_epoch_runs_reuse_the_start_and_final_evaluations():
+    from valley.experiment import EvalRun, epoch_runs
+
+    final = EvalRun("s-correct-from-r30", "s", "/m/final", 6000, "correct", "30000")
+    dirs = {1: "/m/e1", 2: "/m/e2", 3: "/m/final"}
+    points = epoch_runs(final, dirs, start_run_id="s-r30")
+    assert [(p.run_id, p.epoch, p.alias_of, p.model_dir) for p in points] == [
+        ("s-correct-from-r30-e0", 0, "s-r30", "/m/final"),
+        ("s-correct-from-r30-e1", 1, None, "/m/e1"),
+        ("s-correct-from-r30-e2", 2, None, "/m/e2"),
+        ("s-correct-from-r30-e3", 3, "s-correct-from-r30", "/m/final"),
+    ]
+    assert all((p.data_size, p.subset, p.checkpoint) == (6000, "correct", "30000") for p in points)
+    # the start model was not evaluated (evaluate_base: false): no epoch-0 point
+    assert [p.epoch for p in epoch_runs(final, dirs, start_run_id=None)] == [1, 2, 3]
+
+
+def test_experiment_with_per_epoch_evaluation(ray_local, tmp_path):
+    """A whole small experiment in process: the RQ1 run is also evaluated after its first epoch, and the
+    report's across-training section has epochs 0 (the base model), 1 and 2 (the final model)."""
+    import polars as pl
+
+    from valley.demo import write_demo
+    from valley.experiment import run_experiment
+    from valley.storage import Storage
+
+    demo = write_demo(tmp_path / "demo", n_traces=120, n_problems=6)
+    path = _small_spec(demo, tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["study"]["per_epoch_eval"] = ["random"]
+    data["train"].update(epochs=2, num_workers=1, cpus_per_worker=0.5)
+    path.write_text(yaml.safe_dump(data))
+    result = run_experiment(load_spec(path), Storage(str(tmp_path / "store")))
+
+    df = pl.read_parquet(result.results)
+    runs = df.select("run_id", "epoch").unique().sort("run_id")
+    assert runs.rows() == [("tiny-base", None), ("tiny-r40", None), ("tiny-r40-e0", 0), ("tiny-r40-e1", 1),
+                           ("tiny-r40-e2", 2)]
+    per_run = {r: df.filter(pl.col("run_id") == r).sort("metric")
+               for r in df["run_id"].unique()}
+    cols = ["metric", "value", "ci_low", "ci_high"]
+    assert per_run["tiny-r40-e0"].select(cols).equals(per_run["tiny-base"].select(cols))
+    assert per_run["tiny-r40-e2"].select(cols).equals(per_run["tiny-r40"].select(cols))
+    e1 = df.filter((pl.col("run_id") == "tiny-r40-e1") & (pl.col("metric") == "think_rate"))
+    assert e1.height >= 1 and e1["data_size"].to_list()[0] == 40
+    report = Path(result.report_md).read_text()
+    assert "## Across training" in report and "epochs.png" in report
+    assert any(p.endswith("epochs.png") for p in result.plots)
+    # the epoch export of the training run is what tiny-r40-e1 generated with
+    assert list((tmp_path / "store" / "train").glob("*/model-epoch1/model.safetensors"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

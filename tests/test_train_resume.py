@@ -26,8 +26,11 @@ def test_killed_worker_resumes_to_the_same_weights(ray_local, storage, tmp_path)
     common = dict(data=data, model=str(model), global_batch_size=4, micro_batch_size=1, num_workers=2, epochs=2,
                   max_seq_len=512, learning_rate=3e-3, cpus_per_worker=0.5, checkpoint_every_steps=2)
     clean = run_train(TrainConfig(name="clean", max_failures=0, **common), storage)
-    assert clean.steps >= 5  # the kill below lands mid-run, mid-epoch 1 or later
-    drill = TrainConfig(name="drill", max_failures=2, debug_kill_at_step=3, checkpoint_every_steps=1,
+    assert clean.steps >= 5 and clean.steps_per_epoch >= 2  # both kills below land mid-run
+    # The kill lands right after the first epoch's checkpoint, before that epoch's export: the restarted
+    # group must notice the missing export and write it before training on.
+    drill = TrainConfig(name="drill", max_failures=2, debug_kill_at_step=clean.steps_per_epoch,
+                        checkpoint_every_steps=1, export_every_epoch=True,
                         **{k: v for k, v in common.items() if k != "checkpoint_every_steps"})
     killed = run_train(drill, storage)
     out = storage.relative(killed.output_dir)
@@ -41,6 +44,9 @@ def test_killed_worker_resumes_to_the_same_weights(ray_local, storage, tmp_path)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
     assert killed.final_loss == pytest.approx(clean.final_loss, abs=1e-5)
+    marker = json.loads(storage.read_text(out, "model-epoch1", "valley_train.json"))
+    assert marker == {"config_hash": drill.config_hash(), "steps": clean.steps_per_epoch, "epoch": 1}
+    assert storage.exists(out, "model-epoch1", "model.safetensors")
 
     # A job whose driver gave up (no retries left) is simply submitted again: the same config finds the
     # run's checkpoint snapshot in its stage dir and continues from the last checkpoint.

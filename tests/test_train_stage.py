@@ -60,7 +60,7 @@ def test_train_two_workers_zero3_end_to_end(ray_local, storage, tiny):
     # one global batch = every row, so step 1 sees exactly the documents the reference sees
     cfg = TrainConfig(data=data, model=str(model_dir), global_batch_size=rows, micro_batch_size=1, num_workers=2,
                       epochs=3, max_seq_len=512, learning_rate=3e-3, warmup_ratio=0.0, max_grad_norm=0.0,
-                      cpus_per_worker=0.5, checkpoint_every_steps=2, max_failures=0)
+                      cpus_per_worker=0.5, checkpoint_every_steps=2, max_failures=0, export_every_epoch=True)
     result = run_train(cfg, storage)
 
     assert result.steps == 3 and result.steps_per_epoch == 1 and result.rows == rows
@@ -89,6 +89,14 @@ def test_train_two_workers_zero3_end_to_end(ray_local, storage, tiny):
     assert (Path(out) / "generation_config.json").exists() and (Path(out) / "tokenizer_config.json").exists()
     # the gathered ZeRO-3 weights are the trained ones: they fit the training documents better
     assert _reference_step0(out, docs)[0] < history[-1]["loss"]
+
+    # per-epoch exports hold the weights after that epoch: step k+1's logged loss is computed with them
+    assert sorted(result.epoch_model_dirs) == [1, 2, 3] and result.epoch_model_dirs[3] == result.model_dir
+    for epoch in (1, 2):
+        epoch_dir = storage.path(storage.relative(result.epoch_model_dirs[epoch]))
+        marker = json.loads((Path(epoch_dir) / "valley_train.json").read_text())
+        assert marker["epoch"] == epoch and marker["steps"] == epoch
+        assert abs(_reference_step0(epoch_dir, docs)[0] - history[epoch]["loss"]) < 1e-4
 
     # stage 2 (continue training) can start from this run's directory
     assert resolve_model(storage, storage.relative(result.output_dir)) == result.model_dir

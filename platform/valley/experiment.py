@@ -8,6 +8,7 @@ killed experiment re-run with the same spec redoes only what had not finished.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -34,6 +35,9 @@ class StudentSpec(BaseModel):
     tokenizer: str | None = None  # default: the model directory
 
 
+TRAINED_SUBSETS = ("random", "correct", "incorrect", "easy", "hard")
+
+
 class StudySpec(BaseModel):
     """Which of the paper's comparisons to run, and at which sizes."""
 
@@ -46,6 +50,9 @@ class StudySpec(BaseModel):
     subset_sources: list[str] | None = None  # RQ2/RQ3 pool (the TACO-sourced traces)
     stage2_from_size: int | None = 30000  # RQ2/RQ3 also continue from this RQ1 run (None: base only)
     evaluate_base: bool = True  # evaluate the instruct model itself (data size 0)
+    # Runs of these subsets are also evaluated after every epoch (the valley across training): "random"
+    # for RQ1, "correct"/"incorrect"/"easy"/"hard" for RQ2/RQ3. Costs one generate+grade per extra epoch.
+    per_epoch_eval: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _stage2_is_trained(self) -> StudySpec:
@@ -53,6 +60,9 @@ class StudySpec(BaseModel):
             raise ValueError(f"stage2_from_size={self.stage2_from_size} must be one of scaling_sizes")
         if len(set(self.scaling_sizes)) != len(self.scaling_sizes) or any(s <= 0 for s in self.scaling_sizes):
             raise ValueError("scaling_sizes must be distinct positive sizes")
+        unknown = set(self.per_epoch_eval) - set(TRAINED_SUBSETS)
+        if unknown:
+            raise ValueError(f"per_epoch_eval names unknown subsets {sorted(unknown)}; use {list(TRAINED_SUBSETS)}")
         return self
 
 
@@ -66,7 +76,8 @@ class ExperimentSpec(BaseModel):
     study: StudySpec = Field(default_factory=StudySpec)
     data: dict[str, Any]  # DataConfig fields except name, tokenizer, subsets
     label: dict[str, Any] | None = Field(default_factory=dict)  # LabelConfig except traces; None: traces carry `correct`
-    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig except name, data, subset, model
+    # TrainConfig except name, data, subset, model, export_every_epoch (set from study.per_epoch_eval)
+    train: dict[str, Any] = Field(default_factory=dict)
     generate: dict[str, Any]  # GenerateConfig except name, model
     grade: dict[str, Any] = Field(default_factory=dict)  # GradeConfig except name, samples, problems
     report: dict[str, Any] = Field(default_factory=dict)  # ReportConfig except name, experiment, runs
@@ -80,7 +91,7 @@ class ExperimentSpec(BaseModel):
         from valley.train.config import TrainConfig
 
         owned = {"data": {"name", "tokenizer", "subsets"}, "label": {"name", "traces"},
-                 "train": {"name", "data", "subset", "model"}, "generate": {"name", "model"},
+                 "train": {"name", "data", "subset", "model", "export_every_epoch"}, "generate": {"name", "model"},
                  "grade": {"name", "samples", "problems"}, "report": {"name", "experiment", "runs"}}
         for section, keys in owned.items():
             clash = keys & set(getattr(self, section) or {})
@@ -105,6 +116,8 @@ class EvalRun:
     data_size: int
     subset: str
     checkpoint: str
+    epoch: int | None = None  # set for the per-epoch evaluations of a training run
+    alias_of: str | None = None  # already evaluated as this run (the final epoch, or epoch 0 = the start)
 
 
 class ExperimentResult(BaseModel):
@@ -164,15 +177,32 @@ def _data_for(spec: ExperimentSpec, student: StudentSpec, storage: Storage) -> d
 
 
 def _train(spec: ExperimentSpec, student: StudentSpec, storage: Storage, data_dir: str, subset: str,
-           start_model: str, tag: str) -> str:
+           start_model: str, tag: str, per_epoch: bool) -> Any:
     from valley.train.config import TrainConfig
     from valley.train.stage import run_train
 
     name = f"{spec.experiment}-{student.name}-{tag}"
     console.log(f"[train] {name} on {subset}")
-    result = run_train(TrainConfig(name=name, data=data_dir, subset=subset, model=start_model, **spec.train), storage)
+    cfg = TrainConfig(name=name, data=data_dir, subset=subset, model=start_model,
+                      export_every_epoch=per_epoch, **spec.train)
+    result = run_train(cfg, storage)
     console.log(f"[train] {name}: {result.steps} steps, final loss {result.final_loss}")
-    return result.model_dir
+    return result
+
+
+def epoch_runs(final: EvalRun, epoch_model_dirs: dict[int, str], start_run_id: str | None) -> list[EvalRun]:
+    """The per-epoch points of one training run: epoch 0 is the model it started from (already evaluated
+    as `start_run_id`, when the study evaluates it), the last epoch is the final run itself, and only the
+    epochs between need their own generation and grading."""
+    last = max(epoch_model_dirs)
+    points = []
+    if start_run_id is not None:
+        points.append(dataclasses.replace(final, run_id=f"{final.run_id}-e0", epoch=0, alias_of=start_run_id))
+    for epoch in range(1, last):
+        points.append(dataclasses.replace(final, run_id=f"{final.run_id}-e{epoch}", epoch=epoch,
+                                          model_dir=epoch_model_dirs[epoch]))
+    points.append(dataclasses.replace(final, run_id=f"{final.run_id}-e{last}", epoch=last, alias_of=final.run_id))
+    return points
 
 
 def plan_and_train(spec: ExperimentSpec, storage: Storage) -> list[EvalRun]:
@@ -181,26 +211,40 @@ def plan_and_train(spec: ExperimentSpec, storage: Storage) -> list[EvalRun]:
     runs: list[EvalRun] = []
     for student in spec.students:
         datasets = _data_for(spec, student, storage)
+        base_id = f"{student.name}-base"
         if study.evaluate_base:
-            runs.append(EvalRun(f"{student.name}-base", student.name, student.model, 0, "random", "base"))
+            runs.append(EvalRun(base_id, student.name, student.model, 0, "random", "base"))
+        base_eval = base_id if study.evaluate_base else None
+
+        def add(run: EvalRun, trained: Any, start_run_id: str | None) -> None:
+            runs.append(run)
+            if run.subset in study.per_epoch_eval:
+                runs.extend(epoch_runs(run, trained.epoch_model_dirs, start_run_id))
+
         exports: dict[int, str] = {}
         for size in sorted(study.scaling_sizes):
-            exports[size] = _train(spec, student, storage, datasets[f"r{size}"], f"r{size}", student.model, f"r{size}")
-            runs.append(EvalRun(f"{student.name}-r{size}", student.name, exports[size], size, "random", "base"))
-        starts = {"base": student.model}
+            trained = _train(spec, student, storage, datasets[f"r{size}"], f"r{size}", student.model, f"r{size}",
+                             "random" in study.per_epoch_eval)
+            exports[size] = trained.model_dir
+            add(EvalRun(f"{student.name}-r{size}", student.name, trained.model_dir, size, "random", "base"),
+                trained, base_eval)
+        starts = {"base": (student.model, base_eval)}
         if study.stage2_from_size is not None:
-            starts[f"r{study.stage2_from_size}"] = exports[study.stage2_from_size]
+            size = study.stage2_from_size
+            starts[f"r{size}"] = (exports[size], f"{student.name}-r{size}")
         paired = []
         if study.correctness_size:
             paired += [("correct", study.correctness_size), ("incorrect", study.correctness_size)]
         if study.difficulty_size:
             paired += [("easy", study.difficulty_size), ("hard", study.difficulty_size)]
         for subset, size in paired:
-            for start_tag, start_model in starts.items():
+            for start_tag, (start_model, start_run_id) in starts.items():
                 tag = f"{subset}-from-{start_tag}"
-                model_dir = _train(spec, student, storage, datasets[subset], subset, start_model, tag)
+                trained = _train(spec, student, storage, datasets[subset], subset, start_model, tag,
+                                 subset in study.per_epoch_eval)
                 checkpoint = "base" if start_tag == "base" else start_tag.removeprefix("r")
-                runs.append(EvalRun(f"{student.name}-{tag}", student.name, model_dir, size, subset, checkpoint))
+                add(EvalRun(f"{student.name}-{tag}", student.name, trained.model_dir, size, subset, checkpoint),
+                    trained, start_run_id)
     return runs
 
 
@@ -211,18 +255,26 @@ def evaluate(spec: ExperimentSpec, runs: list[EvalRun], storage: Storage) -> lis
     from valley.grade.config import GradeConfig
     from valley.grade.stage import run_grade
 
-    specs = []
+    tables: dict[str, dict[str, str]] = {}
     for run in runs:
+        if run.alias_of is not None:
+            continue
         name = f"{spec.experiment}-{run.run_id}"
         gen = run_generate(GenerateConfig(name=name, model=run.model_dir, run_id=run.run_id, **spec.generate), storage)
         console.log(f"[generate] {run.run_id}: {gen.n_samples} samples, finish {gen.finish_reasons}")
         grade = run_grade(GradeConfig(name=name, samples=_rel(storage, gen.samples_uri),
                                       problems=_rel(storage, gen.problems_uri), **spec.grade), storage)
         console.log(f"[grade] {run.run_id}: {grade.counts}")
-        specs.append({"run_id": run.run_id, "data_size": run.data_size, "subset": run.subset,
-                      "checkpoint": run.checkpoint, "model": run.student,
-                      "samples": _rel(storage, gen.samples_uri), "verdicts": _rel(storage, grade.verdicts_dir),
-                      "problems": _rel(storage, gen.problems_uri)})
+        tables[run.run_id] = {"samples": _rel(storage, gen.samples_uri), "verdicts": _rel(storage, grade.verdicts_dir),
+                              "problems": _rel(storage, gen.problems_uri)}
+    specs = []
+    for run in runs:
+        source = run.alias_of or run.run_id
+        entry = {"run_id": run.run_id, "data_size": run.data_size, "subset": run.subset,
+                 "checkpoint": run.checkpoint, "model": run.student, "epoch": run.epoch, **tables[source]}
+        if run.alias_of is not None:
+            entry["source_run_id"] = source  # the rows inside those tables carry the source's run id
+        specs.append(entry)
     return specs
 
 

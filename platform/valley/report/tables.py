@@ -168,11 +168,13 @@ def epoch_table(results: pl.DataFrame) -> str | None:
         return None
     lookup = _metric_lookup(results)
     rows = []
-    for r in runs.sort("model", "subset", "data_size", "epoch").iter_rows(named=True):
+    for r in runs.sort("model", pl.col("checkpoint") != "base", "checkpoint", "subset", "data_size",
+                       "epoch").iter_rows(named=True):
+        start = "" if r["checkpoint"] in (None, "base") else f" from {r['checkpoint']}"
         rows.append(
             [
                 r["model"] or "",
-                f"{r['subset']} {size_label(r['data_size'])}",
+                f"{r['subset']} {size_label(r['data_size'])}{start}",
                 str(r["epoch"]),
                 *[fmt_pct(*lookup.get((r["run_id"], m), (None, None, None))) for m in ("pass@1", "completion_rate", "think_rate")],
             ]

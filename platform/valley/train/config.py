@@ -46,6 +46,9 @@ class TrainConfig(StageConfig):
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     deepspeed: dict[str, Any] = Field(default_factory=dict)  # deep-merged over the generated DS config
     export_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: the training precision
+    # Also export the model after every epoch but the last (`model-epoch<k>/`), for per-epoch evaluation.
+    # Part of the hash: a finished run promises those directories.
+    export_every_epoch: bool = False
 
     # ---- cluster / execution (do not change the result) ----
     num_workers: int = Field(default=8, gt=0)

@@ -19,6 +19,7 @@ import torch
 from valley.storage import Storage
 from valley.train.files import upload_dir
 
+EXPORT_MARKER = "valley_train.json"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -59,15 +60,22 @@ def write_hf_dir(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], dt
     gen.save_pretrained(out_dir)
 
 
+def is_exported(storage: Storage, *parts: str) -> bool:
+    """An export is whole once its marker exists: `export` writes the marker after every other file."""
+    return storage.exists(*parts, EXPORT_MARKER)
+
+
 def export(model: torch.nn.Module, rank: int, dtype_name: str, tokenizer_dir: str, base_model_dir: str,
            storage_root: str, out_parts: list[str], extra: dict[str, Any] | None = None) -> list[str]:
-    """Collective: gather, then rank 0 writes `<out_parts>/…` under the storage root; returns the file list."""
+    """Collective: gather, then rank 0 writes `<out_parts>/…` under the storage root, the marker
+    (`valley_train.json`, holding `extra`) last; returns the file list."""
     dtype = DTYPES[dtype_name]
     state = gather_state_dict(model, rank, dtype)
     if rank != 0:
         return []
+    storage = Storage(storage_root)
     with tempfile.TemporaryDirectory(prefix="valley-export-") as tmp:
         write_hf_dir(model, state, dtype, tokenizer_dir, base_model_dir, tmp)
-        if extra:
-            (Path(tmp) / "valley_train.json").write_text(json.dumps(extra, indent=2, default=str))
-        return upload_dir(tmp, Storage(storage_root), *out_parts)
+        written = upload_dir(tmp, storage, *out_parts)
+    storage.write_text(json.dumps(extra or {}, indent=2, default=str), *out_parts, EXPORT_MARKER)
+    return [*written, EXPORT_MARKER]

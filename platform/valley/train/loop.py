@@ -28,6 +28,11 @@ def epoch_dataset_name(epoch: int) -> str:
     return f"train_epoch_{epoch}"
 
 
+def epoch_model_name(epoch: int) -> str:
+    """Directory of the model exported after `epoch` (1-based) epochs; the last epoch's is `model/`."""
+    return f"model-epoch{epoch}"
+
+
 def _attn_impl(cfg: TrainConfig) -> str:
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
@@ -186,7 +191,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     step, history = int(state["step"]), list(state["history"])
     accum, steps_per_epoch = plan["accum"], plan["steps_per_epoch"]
     storage = Storage(plan["storage_root"])
+    export_dtype = cfg.export_dtype if cfg.export_dtype != "auto" else \
+        ("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
+
+    def export_to(parts: list[str], epoch_done: int) -> None:
+        export.export(engine.module, rank, export_dtype, plan["tokenizer_dir"], plan["model_dir"],
+                      plan["storage_root"], [plan["out_dir"], *parts],
+                      extra={"config_hash": plan["config_hash"], "steps": step, "epoch": epoch_done})
+
+    def export_epoch_if_due() -> None:
+        """At an epoch boundary short of the end, export once (also when a restart lands right here)."""
+        done, mid = divmod(step, steps_per_epoch)
+        if not cfg.export_every_epoch or mid or done == 0 or step >= plan["total_steps"]:
+            return
+        missing = rank == 0 and not export.is_exported(storage, plan["out_dir"], epoch_model_name(done))
+        if _all_sum([1.0 if missing else 0.0], device)[0] > 0:  # rank 0 decides for everyone
+            export_to([epoch_model_name(done)], done)
+
     engine.train()
+    export_epoch_if_due()
     while step < plan["total_steps"]:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         shard = ray.train.get_dataset_shard(epoch_dataset_name(epoch))
@@ -203,11 +226,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             history.append(metrics)
             if rank == 0 and step % cfg.log_every_steps == 0:
                 print(_log_line(metrics, plan["total_steps"]), flush=True)
-            if step % cfg.checkpoint_every_steps == 0 or step == plan["total_steps"]:
+            epoch_end = cfg.export_every_epoch and step % steps_per_epoch == 0
+            if step % cfg.checkpoint_every_steps == 0 or step == plan["total_steps"] or epoch_end:
                 checkpoint.save_and_report(engine, {"step": step, "history": history}, metrics)
                 if rank == 0:
                     _write_history(storage, plan["out_dir"], history)
                 _maybe_kill(cfg, step, rank, world, plan)
+                export_epoch_if_due()
             elif step % cfg.log_every_steps == 0:
                 ray.train.report(metrics)
             if i + 1 >= steps_per_epoch or step >= plan["total_steps"]:
@@ -215,10 +240,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if step < plan["total_steps"] and step % steps_per_epoch:
             raise RuntimeError(f"epoch {epoch} ended after {step % steps_per_epoch} of {steps_per_epoch} steps on "
                                f"rank {rank}: the dataset shard yielded fewer rows than planned")
-    export_dtype = cfg.export_dtype if cfg.export_dtype != "auto" else \
-        ("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
-    export.export(engine.module, rank, export_dtype, plan["tokenizer_dir"], plan["model_dir"], plan["storage_root"],
-                  [plan["out_dir"], "model"], extra={"config_hash": plan["config_hash"], "steps": step})
+    export_to(["model"], cfg.epochs)
     if rank == 0:
         _write_history(storage, plan["out_dir"], history)
     dist.barrier()

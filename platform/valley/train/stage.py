@@ -2,7 +2,8 @@
 
 Outputs under `train/<name>-<hash>/`: `checkpoints/` (Ray Train's run storage: ZeRO checkpoints and its
 snapshot, so a re-submitted job with the same config continues from the last checkpoint), `model/` (the
-exported Hugging Face directory), `metrics.jsonl` (one line per step), and `_SUCCESS` last.
+exported Hugging Face directory; with `export_every_epoch` also `model-epoch<k>/` after each earlier
+epoch), `metrics.jsonl` (one line per step), and `_SUCCESS` last.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pydantic import BaseModel
 from valley.errors import ConfigError
 from valley.storage import Storage, stage_dir
 from valley.train.config import TrainConfig
-from valley.train.loop import epoch_dataset_name, train_loop_per_worker
+from valley.train.export import EXPORT_MARKER, is_exported
+from valley.train.loop import epoch_dataset_name, epoch_model_name, train_loop_per_worker
 from valley.train.plan import plan_run
 
 RUN_NAME = "checkpoints"
@@ -24,6 +26,9 @@ RUN_NAME = "checkpoints"
 class TrainResult(BaseModel):
     output_dir: str
     model_dir: str
+    # epoch number (1-based) -> exported model after it; the last epoch is `model_dir`, earlier ones are
+    # present only with `export_every_epoch`
+    epoch_model_dirs: dict[int, str] = {}
     checkpoints_dir: str
     metrics_path: str
     config_hash: str
@@ -100,12 +105,18 @@ def run_train(cfg: TrainConfig, storage: Storage) -> TrainResult:
     result = build_trainer(cfg, storage, out, plan).fit()
     if getattr(result, "error", None) is not None:
         raise result.error
-    if not storage.exists(out, "model", "config.json"):
-        raise ConfigError(f"training finished but no exported model at {storage.uri(out, 'model')}")
+    epoch_dirs = {cfg.epochs: "model"}
+    if cfg.export_every_epoch:
+        epoch_dirs.update({k: epoch_model_name(k) for k in range(1, cfg.epochs)})
+    for name in epoch_dirs.values():
+        if not is_exported(storage, out, name):
+            raise ConfigError(f"training finished but the export {storage.uri(out, name)} is incomplete "
+                              f"(no {EXPORT_MARKER})")
     history = [json.loads(line) for line in storage.read_text(out, "metrics.jsonl").splitlines() if line]
     summary = TrainResult(
         output_dir=storage.uri(out),
         model_dir=storage.uri(out, "model"),
+        epoch_model_dirs={k: storage.uri(out, name) for k, name in sorted(epoch_dirs.items())},
         checkpoints_dir=storage.uri(out, RUN_NAME),
         metrics_path=storage.uri(out, "metrics.jsonl"),
         config_hash=h,
