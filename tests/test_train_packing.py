@@ -132,6 +132,57 @@ def test_packed_loss_equals_unpacked_transformers_loss(model_and_docs):
     assert abs(float(packed) - total / count) < 1e-5
 
 
+@pytest.mark.parametrize("chunk_tokens", [64, 100_000])
+def test_chunked_loss_matches_full_logits_loss_and_gradients(model_and_docs, chunk_tokens):
+    """The training forward (decoder + checkpointed head chunks over trained positions only) gives the
+    same loss and the same gradient on every parameter, tied embedding included, as full logits."""
+    from valley.train.chunked_loss import CausalLMLoss, chunks_for
+
+    model_dir, tok, docs = model_and_docs
+    rows = pack(docs, 512, tok.pad_token_id)
+    mb = to_micro_batch(pa.Table.from_pylist(rows), max_seq_len=512)
+    targets = shifted_targets(mb.input_ids, mb.loss_mask, mb.position_ids)
+    kwargs = model_inputs(mb.input_ids, mb.position_ids, "sdpa", torch.float32)
+    assert bool((targets == IGNORE).any()) and bool((targets != IGNORE).any())
+
+    plain = _load(model_dir, "sdpa").train()
+    assert plain.get_output_embeddings().weight is plain.get_input_embeddings().weight  # tied
+    reference = token_loss_sum(plain(**kwargs).logits, targets)
+    reference.backward()
+    wrapped = CausalLMLoss(_load(model_dir, "sdpa").train(), chunk_tokens=chunk_tokens)
+    loss = wrapped(targets=targets, **kwargs)
+    loss.backward()
+    assert chunks_for(targets.numel(), chunk_tokens) == (targets.numel() // 64 if chunk_tokens == 64 else 1)
+    assert torch.allclose(loss, reference, rtol=1e-6), (float(loss), float(reference))
+    grads = dict(plain.named_parameters())
+    for name, p in wrapped.lm.named_parameters():
+        assert torch.allclose(p.grad, grads[name].grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_chunked_loss_with_more_chunks_than_targets():
+    from valley.train.chunked_loss import chunked_loss_sum
+
+    head = torch.nn.Linear(4, 7, bias=False)
+    hidden = torch.randn(1, 6, 4, requires_grad=True)
+    targets = torch.tensor([[IGNORE, 3, IGNORE, IGNORE, 5, IGNORE]])
+    loss = chunked_loss_sum(hidden, targets, head, n_chunks=5)  # three of the chunks are empty
+    expected = torch.nn.functional.cross_entropy(head(hidden[0, [1, 4]]), torch.tensor([3, 5]), reduction="sum")
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert hidden.grad[0, [0, 2, 3, 5]].abs().sum() == 0 and hidden.grad[0, [1, 4]].abs().sum() > 0
+    # no targets at all: zero loss, still differentiable
+    assert float(chunked_loss_sum(hidden, torch.full((1, 6), IGNORE), head, n_chunks=2)) == 0.0
+
+
+def test_chunked_loss_refuses_models_that_transform_logits(model_and_docs):
+    from valley.train.chunked_loss import CausalLMLoss
+
+    lm = _load(model_and_docs[0], "sdpa")
+    lm.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        CausalLMLoss(lm, chunk_tokens=1024)
+
+
 def test_unpacked_rows_are_padded_per_micro_batch():
     rows = pa.table({
         "input_ids": pa.array([[5, 6, 7], [8, 9]], pa.list_(pa.int32())),

@@ -43,6 +43,9 @@ class TrainConfig(StageConfig):
     gradient_checkpointing: bool = True
     offload_optimizer: bool = False
     offload_params: bool = False
+    # LM-head + loss over at most this many positions at a time (see train/chunked_loss.py): bounds the
+    # logits memory of long rows; smaller is leaner, larger has fewer, bigger matmuls
+    loss_chunk_tokens: int = Field(default=4096, gt=0)
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     deepspeed: dict[str, Any] = Field(default_factory=dict)  # deep-merged over the generated DS config
     export_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: the training precision

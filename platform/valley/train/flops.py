@@ -4,7 +4,8 @@ Counts the matmuls of a decoder-only transformer (attention projections with gro
 LM head) at 2 FLOPs per multiply-add, ×3 for forward + backward. Attention scores (QKᵀ and AV) are counted
 per document, causally: a document of n tokens costs Σᵢ i ≈ n(n+1)/2 query-key pairs per layer — packing
 many short documents is cheaper than one row-long document, and MFU must not credit the difference.
-Activation recomputation is not counted (MFU, not hardware FLOPs utilisation).
+Activation recomputation is not counted (MFU, not hardware FLOPs utilisation); the LM head counts only
+over the positions it runs on (trained targets, see chunked_loss.py), so skipped prompts earn nothing.
 """
 
 from __future__ import annotations
@@ -45,9 +46,19 @@ def attention_flops(config: Any, doc_lengths: Iterable[int]) -> float:
     return 2.0 * 2.0 * layers * heads * head_dim * pairs  # QKᵀ and AV, 2 FLOPs per multiply-add
 
 
-def train_flops(config: Any, doc_lengths: list[int]) -> float:
-    """Forward + backward FLOPs of training on these documents."""
-    return 3.0 * (matmul_flops_per_token(config) * sum(doc_lengths) + attention_flops(config, doc_lengths))
+def head_flops_per_token(config: Any) -> float:
+    """Forward FLOPs per token of the LM head alone."""
+    return 2.0 * _get(config, "hidden_size") * _get(config, "vocab_size")
+
+
+def train_flops(config: Any, doc_lengths: list[int], head_tokens: int | None = None) -> float:
+    """Forward + backward FLOPs of training on these documents. `head_tokens`: positions the LM head
+    actually runs on (the chunked loss projects trained targets only); default every token."""
+    tokens = sum(doc_lengths)
+    head = head_flops_per_token(config)
+    body = (matmul_flops_per_token(config) - head) * tokens
+    return 3.0 * (body + head * (tokens if head_tokens is None else head_tokens)
+                  + attention_flops(config, doc_lengths))
 
 
 def peak_flops(device_name: str, override_tflops: float | None = None) -> float | None:

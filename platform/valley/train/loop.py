@@ -16,9 +16,10 @@ import torch
 import torch.distributed as dist
 
 from valley.train.batches import COLUMNS, MicroBatch, steps, to_micro_batch
+from valley.train.chunked_loss import CausalLMLoss
 from valley.train.config import TrainConfig
 from valley.train.flops import doc_lengths_of, peak_flops, train_flops
-from valley.train.packing_attention import IGNORE, model_inputs, shifted_targets, token_loss_sum
+from valley.train.packing_attention import IGNORE, model_inputs, shifted_targets
 from valley.train.schedule import lr_lambda
 
 KILL_FLAG = "_debug_killed_once"
@@ -70,6 +71,7 @@ def _setup_deepspeed(cfg: TrainConfig, plan: dict[str, Any], world: int, device:
     def make_scheduler(optimizer: Any) -> Any:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
+    model = CausalLMLoss(model, cfg.loss_chunk_tokens)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = None
     if not uses_ds_optimizer(cfg):
@@ -107,7 +109,7 @@ def _train_step(engine: Any, group: list[MicroBatch], cfg: TrainConfig, plan: di
     local_n = float(sum(int((t != IGNORE).sum()) for t in targets))
     local_tokens = float(sum(mb.n_tokens for mb in group))
     docs = [n for mb in group for n in doc_lengths_of(mb.position_ids.numpy(), mb.row_tokens)]
-    local_flops = train_flops(model_config, docs)
+    local_flops = train_flops(model_config, docs, head_tokens=int(local_n))
     (n_global,) = _all_sum([local_n], device)
     dtype = torch.bfloat16 if cfg.resolved_precision() == "bf16" else torch.float32
     lr = engine.lr_scheduler.get_last_lr()[0]
@@ -115,8 +117,7 @@ def _train_step(engine: Any, group: list[MicroBatch], cfg: TrainConfig, plan: di
     for mb, tgt in zip(group, targets, strict=True):
         kwargs = model_inputs(mb.input_ids.to(device), mb.position_ids.to(device), plan["attn_implementation"],
                               dtype)
-        logits = engine(**kwargs).logits
-        s = token_loss_sum(logits, tgt.to(device))
+        s = engine(targets=tgt.to(device), **kwargs)
         # ZeRO averages gradients over ranks, so scale by world to get Σ loss / N over the global batch.
         engine.backward(s * (world / max(n_global, 1.0)), scale_wrt_gas=False)
         loss_sum += s.detach().double()
@@ -195,7 +196,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
 
     def export_to(parts: list[str], epoch_done: int) -> None:
-        export.export(engine.module, rank, export_dtype, plan["tokenizer_dir"], plan["model_dir"],
+        export.export(engine.module.lm, rank, export_dtype, plan["tokenizer_dir"], plan["model_dir"],
                       plan["storage_root"], [plan["out_dir"], *parts],
                       extra={"config_hash": plan["config_hash"], "steps": step, "epoch": epoch_done})
 

@@ -40,7 +40,7 @@ def model_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor, attn_imple
 
     FlashAttention-2 finds documents from position ids only for a batch of one row, so a micro-batch is
     flattened into one (1, B·L) row — every row starts a document, so no boundary is lost — and the logits
-    come back in the same flat order that `token_loss_sum` uses.
+    come back in the same flat order that the loss functions use.
     """
     kwargs: dict[str, torch.Tensor | bool] = {"use_cache": False}
     if attn_implementation == "flash_attention_2":
@@ -61,8 +61,10 @@ def shifted_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor, position_i
 
 
 def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Sum (not mean) of next-token cross-entropy over trained targets, in fp32, a chunk of positions at a
-    time so a long row never holds a second full-vocabulary fp32 copy of its logits."""
+    """Sum (not mean) of next-token cross-entropy over trained targets from full logits, in fp32.
+
+    The plain way, kept as the reference the training loss is tested against and as the benchmarks'
+    naive baseline; training itself uses `chunked_loss.CausalLMLoss`, which never builds full logits."""
     flat_logits = logits.reshape(-1, logits.shape[-1])
     flat_targets = targets.reshape(-1)
     total = flat_logits.new_zeros((), dtype=torch.float32)
