@@ -60,7 +60,10 @@ def test_train_two_workers_zero3_end_to_end(ray_local, storage, tiny):
     # one global batch = every row, so step 1 sees exactly the documents the reference sees
     cfg = TrainConfig(data=data, model=str(model_dir), global_batch_size=rows, micro_batch_size=1, num_workers=2,
                       epochs=3, max_seq_len=512, learning_rate=3e-3, warmup_ratio=0.0, max_grad_norm=0.0,
-                      cpus_per_worker=0.5, checkpoint_every_steps=2, max_failures=0, export_every_epoch=True)
+                      cpus_per_worker=0.5, checkpoint_every_steps=2, max_failures=0, export_every_epoch=True,
+                      # partition every parameter, however small (the default keeps small ones whole), so
+                      # zero.Init loading, gathered LM-head chunks and the export's gather all really run
+                      deepspeed={"zero_optimization": {"stage3_param_persistence_threshold": 0}})
     result = run_train(cfg, storage)
 
     assert result.steps == 3 and result.steps_per_epoch == 1 and result.rows == rows

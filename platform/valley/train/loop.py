@@ -51,21 +51,17 @@ def _setup_deepspeed(cfg: TrainConfig, plan: dict[str, Any], world: int, device:
     # DeepSpeed picks its accelerator at import; a CPU worker must say so before the first import.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.use_gpu else "cpu")
     import deepspeed
-    from transformers import AutoModelForCausalLM
 
     from valley.train.deepspeed_config import build_ds_config, uses_ds_optimizer
 
     deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
     precision = cfg.resolved_precision()
     torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(
-        plan["model_dir"], dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
-        attn_implementation=plan["attn_implementation"],
-    )
+    ds_config = build_ds_config(cfg, world)
+    model = _load_partitioned(plan, ds_config, torch.bfloat16 if precision == "bf16" else torch.float32)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    ds_config = build_ds_config(cfg, world)
     schedule = lr_lambda(plan["total_steps"], cfg.warmup_ratio, cfg.lr_scheduler, cfg.min_lr_ratio)
 
     def make_scheduler(optimizer: Any) -> Any:
@@ -80,6 +76,26 @@ def _setup_deepspeed(cfg: TrainConfig, plan: dict[str, Any], world: int, device:
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params,
                                                    lr_scheduler=make_scheduler, config=ds_config)
     return engine, scheduler
+
+
+def _load_partitioned(plan: dict[str, Any], ds_config: dict[str, Any], dtype: torch.dtype) -> Any:
+    """Load the student so that, under ZeRO-3, no rank ever holds all of it: while a `HfDeepSpeedConfig` is
+    alive, transformers builds the model inside `deepspeed.zero.Init` (each parameter partitioned as it is
+    created) and copies the checkpoint in one gathered parameter at a time. Eight ranks of a node then
+    need one model's worth of host memory between them instead of eight."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    zero3 = int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3
+    marker = HfDeepSpeedConfig(ds_config) if zero3 else None  # transformers holds only a weak reference
+    try:
+        model = AutoModelForCausalLM.from_pretrained(plan["model_dir"], dtype=dtype,
+                                                     attn_implementation=plan["attn_implementation"])
+    finally:
+        del marker  # later transformers calls (export's save_pretrained) must not think ZeRO-3 is on
+    if zero3 and not all(hasattr(p, "ds_id") for p in model.parameters()):
+        raise RuntimeError("ZeRO-3 is on but the model was not built inside deepspeed.zero.Init")
+    return model
 
 
 def enable_activation_checkpointing(model: Any) -> None:
