@@ -142,7 +142,7 @@ def _group_alive(pgid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(420)
 def test_fake_cluster_scales_graders_up_and_down(tmp_path):
     import ray._private.services as services
 
@@ -171,7 +171,8 @@ def test_fake_cluster_scales_graders_up_and_down(tmp_path):
             time.sleep(0.5)
         assert address_file.exists(), f"head did not start:\n{(tmp_path / 'head.log').read_text()[-3000:]}"
         driver = subprocess.run(
-            [sys.executable, __file__, "driver", address], env=env, capture_output=True, text=True, timeout=240
+            [sys.executable, __file__, "driver", address, str(tmp_path / "store")], env=env, capture_output=True,
+            text=True, timeout=300,
         )
         assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
         report = json.loads(driver.stdout.strip().splitlines()[-1])
@@ -186,9 +187,37 @@ def test_fake_cluster_scales_graders_up_and_down(tmp_path):
     assert report["distinct_grader_nodes"] >= 2  # and the tasks really spread over them
     assert not report["ran_on_head"]
     assert report["graders_after"] == 0, report  # idle graders were released
+    # the real grade stage, asking for the grader resource, brought graders back and graded everything
+    assert report["stage_graders_before"] == 0
+    assert report["stage_counts"] == {"pass": 4, "wrong_answer": 4}, report
 
 
-def _driver(address: str) -> None:
+def _real_grade_on_graders(store: str, graders) -> dict:
+    """The grade stage itself with `task_resources: {grader: 1}`: with no grader left, its sandboxed batches
+    must bring grader nodes back (the head has no CPUs, so nowhere else could run them)."""
+    import pyarrow as pa
+
+    from valley import schemas
+    from valley.grade.config import GradeConfig
+    from valley.grade.stage import run_grade
+    from valley.storage import Storage
+
+    storage = Storage(store)
+    tests = json.dumps([{"input": "2 3\n", "output": "5\n", "testtype": "stdin"}])
+    storage.write_parquet(pa.Table.from_pylist(
+        [{"question_id": "add", "question_content": "add", "testtype": "stdin", "tests": tests}],
+        schema=schemas.PROBLEMS), "in", "problems.parquet")
+    good, bad = "```python\na, b = map(int, input().split())\nprint(a + b)\n```", "```python\nprint(4)\n```"
+    rows = [{"run_id": "r", "question_id": "add", "sample_idx": i, "response": good if i % 2 else bad}
+            for i in range(8)]
+    storage.write_parquet(pa.Table.from_pylist(rows, schema=schemas.SAMPLES), "in", "samples", "part-0.parquet")
+    before = graders()
+    result = run_grade(GradeConfig(samples="in/samples", problems="in/problems.parquet", timeout_s=5.0,
+                                   batch_size=1, task_resources={"grader": 1}), storage)
+    return {"stage_graders_before": before, "stage_counts": {k: v for k, v in result.counts.items() if v}}
+
+
+def _driver(address: str, store: str) -> None:
     """Runs in its own process: connect, burst grading tasks, watch grader nodes come and go."""
     import ray
 
@@ -228,9 +257,10 @@ def _driver(address: str) -> None:
         "burst_s": round(t_done - t0, 1),
         "scale_down_s": round(time.time() - t_done, 1),
     }
+    report.update(_real_grade_on_graders(store, graders))
     ray.shutdown()
     print(json.dumps(report), flush=True)
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "driver":
-    _driver(sys.argv[2])
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "driver":
+    _driver(sys.argv[2], sys.argv[3])

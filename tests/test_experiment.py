@@ -61,6 +61,23 @@ def test_spec_rejects_fields_the_runner_owns(tmp_path):
 def test_demo_spec_is_valid():
     spec = load_spec(REPO / "jobs" / "configs" / "demo.yaml")
     assert spec.study.stage2_from_size in spec.study.scaling_sizes
+    assert spec.study.per_epoch_eval == ["random"]
+
+
+def test_paper_spec_is_the_papers_study():
+    """The full-scale spec validates against every stage's config and carries the paper's recipe."""
+    from valley.train.config import TrainConfig
+
+    spec = load_spec(REPO / "jobs" / "configs" / "paper.yaml")
+    assert [s.name for s in spec.students] == ["qwen2.5-7b-instruct", "llama3.1-8b-instruct"]
+    assert spec.study.scaling_sizes[:3] == [1000, 10000, 30000] and max(spec.study.scaling_sizes) >= 100000
+    assert (spec.study.correctness_size, spec.study.difficulty_size, spec.study.stage2_from_size) == (6000, 4000,
+                                                                                                   30000)
+    train = TrainConfig(data="-", model="-", **spec.train)
+    assert (train.global_batch_size, train.learning_rate, train.warmup_ratio, train.epochs, train.max_seq_len) == (
+        128, 8e-5, 0.1, 5, 32768)
+    assert train.grad_accum_steps() == 16 and train.zero_stage == 3 and train.use_gpu
+    assert spec.grade["task_resources"] == {"grader": 1} and spec.generate["max_tokens"] == 32768
 
 
 def test_spec_validates_per_epoch_subsets(tmp_path):

