@@ -99,13 +99,10 @@ def metric_figure(results: pl.DataFrame, fits: list[dict], metric: str, scaling_
     return _png(fig)
 
 
-def epoch_figure(results: pl.DataFrame, metric: str = "pass@1") -> bytes | None:
-    """The valley across training: metric vs epoch, one line per (model, subset, size)."""
-    data = results.filter((pl.col("metric") == metric) & pl.col("epoch").is_not_null())
-    if data.height == 0:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    keys = data.select("model", "subset", "data_size", "checkpoint").unique().sort("model", "subset", "data_size")
+def _draw_epochs(ax, data: pl.DataFrame, metric: str) -> None:
+    data = data.filter(pl.col("metric") == metric)
+    keys = data.select("model", "subset", "data_size", "checkpoint").unique().sort(
+        "model", "checkpoint", "subset", "data_size")
     for i, (model, subset, size, ckpt) in enumerate(keys.iter_rows()):
         g = data.filter(
             (pl.col("model") == model) & (pl.col("subset") == subset)
@@ -117,10 +114,22 @@ def epoch_figure(results: pl.DataFrame, metric: str = "pass@1") -> bytes | None:
         ax.errorbar(g["epoch"].to_numpy(), y, yerr=np.vstack([np.nan_to_num(y - lo), np.nan_to_num(hi - y)]),
                     marker="o", capsize=3, color=f"C{i % 10}",
                     label=f"{model or 'model'} {subset} {size_label(size)}" + ("" if ckpt == "base" else f" from {ckpt}"))
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch (0: the starting model)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("%")
     ax.set_title(f"{TITLES.get(metric, metric)} across training")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+
+
+def epoch_figure(results: pl.DataFrame, metrics: tuple[str, ...] = CORE_METRICS) -> bytes | None:
+    """The valley across training: each core metric vs epoch, one line per training run evaluated per epoch."""
+    data = results.filter(pl.col("epoch").is_not_null())
+    if data.height == 0:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        _draw_epochs(ax, data, metric)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), bbox_to_anchor=(0.5, -0.12))
+    fig.suptitle("Across training: scores after each epoch (bars: 95% bootstrap CI)", y=1.03)
     return _png(fig)

@@ -236,7 +236,7 @@ def run_report(cfg: ReportConfig, storage: Storage) -> ReportResult:
         name = f"valley_{plots.metric_slug(metric)}.png"
         storage.write_bytes(plots.metric_figure(results, fits, metric, cfg.scaling_subset), out, name)
         plot_files.append(name)
-    epoch_png = plots.epoch_figure(results, cfg.fit_metric)
+    epoch_png = plots.epoch_figure(results)
     if epoch_png is not None:
         storage.write_bytes(epoch_png, out, "epochs.png")
         plot_files.append("epochs.png")
