@@ -33,9 +33,9 @@ def _inputs(hidden_size: int, vocab: int, seq_len: int, trained: float, device: 
 
     torch.manual_seed(0)  # the head's init, identical in every variant's process
     g = torch.Generator().manual_seed(0)
-    dt_ = getattr(torch, dtype)
-    head = torch.nn.Linear(hidden_size, vocab, bias=False).to(device=device, dtype=dt_)
-    hidden = (torch.randn(1, seq_len, hidden_size, generator=g) * 2).to(device=device, dtype=dt_).requires_grad_()
+    torch_dtype = getattr(torch, dtype)
+    head = torch.nn.Linear(hidden_size, vocab, bias=False).to(device=device, dtype=torch_dtype)
+    hidden = (torch.randn(1, seq_len, hidden_size, generator=g) * 2).to(device=device, dtype=torch_dtype).requires_grad_()
     targets = torch.randint(0, vocab, (1, seq_len), generator=g)
     targets[torch.rand(1, seq_len, generator=g) >= trained] = IGNORE  # prompts and padding
     return head, hidden, targets.to(device)

@@ -14,13 +14,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
 from valley import config as config_mod
 from valley.storage import Storage
+
+if TYPE_CHECKING:
+    from valley.train.stage import TrainResult
 
 console = Console(stderr=True)
 
@@ -177,7 +180,7 @@ def _data_for(spec: ExperimentSpec, student: StudentSpec, storage: Storage) -> d
 
 
 def _train(spec: ExperimentSpec, student: StudentSpec, storage: Storage, data_dir: str, subset: str,
-           start_model: str, tag: str, per_epoch: bool) -> Any:
+           start_model: str, tag: str, per_epoch: bool) -> TrainResult:
     from valley.train.config import TrainConfig
     from valley.train.stage import run_train
 
@@ -216,7 +219,7 @@ def plan_and_train(spec: ExperimentSpec, storage: Storage) -> list[EvalRun]:
             runs.append(EvalRun(base_id, student.name, student.model, 0, "random", "base"))
         base_eval = base_id if study.evaluate_base else None
 
-        def add(run: EvalRun, trained: Any, start_run_id: str | None) -> None:
+        def add(run: EvalRun, trained: TrainResult, start_run_id: str | None) -> None:
             runs.append(run)
             if run.subset in study.per_epoch_eval:
                 runs.extend(epoch_runs(run, trained.epoch_model_dirs, start_run_id))

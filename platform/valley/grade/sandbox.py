@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from valley.errors import SandboxUnavailableError
+from valley.grade.harness import descendants  # stdlib-only, importable without side effects
 
 log = logging.getLogger(__name__)
 
@@ -286,24 +287,6 @@ class Sandbox:
 _UIDS_STARTED_HERE: set[int] = set()
 
 
-def _descendants(root: int) -> set[int]:
-    kids: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            kids.setdefault(int(stat[stat.rfind(b")") + 2:].split()[1]), []).append(int(name))
-    out, todo = set(), [root]
-    while todo:
-        for k in kids.get(todo.pop(), ()):
-            out.add(k)
-            todo.append(k)
-    return out
-
-
 def sandbox_processes(started_here: bool = False) -> list[int]:
     """Pids of live sandbox processes on this host (drivers, programs and anything they started).
 
@@ -311,7 +294,7 @@ def sandbox_processes(started_here: bool = False) -> list[int]:
     used by tests and operators to check that nothing outlived its sample. `started_here` keeps
     only those of sandboxes this process started (its descendants, or an orphan with one of its uids).
     """
-    mine = _descendants(os.getpid()) if started_here else set()
+    mine = set(descendants(os.getpid())) if started_here else set()
     found = []
     markers = (IN_SANDBOX_HARNESS.encode(), str(HARNESS).encode())
     for name in os.listdir("/proc"):

@@ -23,6 +23,11 @@ def _get(config: Any, name: str, default: Any = None) -> Any:
     return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
 
 
+def head_flops_per_token(config: Any) -> float:
+    """Forward FLOPs per token of the LM head alone."""
+    return 2.0 * _get(config, "hidden_size") * _get(config, "vocab_size")
+
+
 def matmul_flops_per_token(config: Any) -> float:
     """Forward FLOPs per token of every weight matmul (embedding lookup excluded, LM head included)."""
     h = _get(config, "hidden_size")
@@ -31,10 +36,9 @@ def matmul_flops_per_token(config: Any) -> float:
     head_dim = _get(config, "head_dim") or h // heads
     inter = _get(config, "intermediate_size")
     layers = _get(config, "num_hidden_layers")
-    vocab = _get(config, "vocab_size")
     attn_proj = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h
     mlp = 3 * h * inter  # gate, up, down
-    return 2.0 * (layers * (attn_proj + mlp) + h * vocab)
+    return 2.0 * layers * (attn_proj + mlp) + head_flops_per_token(config)
 
 
 def attention_flops(config: Any, doc_lengths: Iterable[int]) -> float:
@@ -44,11 +48,6 @@ def attention_flops(config: Any, doc_lengths: Iterable[int]) -> float:
     layers = _get(config, "num_hidden_layers")
     pairs = sum(n * (n + 1) / 2 for n in doc_lengths)
     return 2.0 * 2.0 * layers * heads * head_dim * pairs  # QKᵀ and AV, 2 FLOPs per multiply-add
-
-
-def head_flops_per_token(config: Any) -> float:
-    """Forward FLOPs per token of the LM head alone."""
-    return 2.0 * _get(config, "hidden_size") * _get(config, "vocab_size")
 
 
 def train_flops(config: Any, doc_lengths: list[int], head_tokens: int | None = None) -> float:
