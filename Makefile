@@ -2,12 +2,25 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU torch by default; on a CUDA host use e.g. TORCH_SPEC="torch==2.8.0" (see README, GPU install).
+# CPU torch by default, from PyTorch's CPU wheel index (a CPU-only build, ~200 MB). TORCH_INDEX= (empty)
+# takes PyPI's default build instead (what .ci/run does: CI machines reach PyPI only). GPU nodes: `make
+# install-gpu`, which installs the pinned set of constraints/gpu.txt (see README, GPU install).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+CONSTRAINTS ?=
+EXTRAS ?= dev
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
+GPU_TORCH := $(shell grep -m1 '^torch==' constraints/gpu.txt 2>/dev/null)
+GPU_DS_BUILD ?= DS_ACCELERATOR=cuda DS_BUILD_CPU_ADAM=1
+# DeepSpeed ops compiled at install instead of at training time (valley/train/ops.py): none are needed on
+# CPU; the GPU install adds CPU Adam for optimizer offload: DS_BUILD="DS_ACCELERATOR=cuda DS_BUILD_CPU_ADAM=1"
+DS_BUILD ?=
+DEEPSPEED_SPEC := deepspeed>=0.17,<0.20
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-all lint demo bench clean
+.PHONY: install install-gpu gpu-check test test-all lint demo bench clean sandbox-env lcb-runner-env
 
 install: $(VENV)/.installed
 
@@ -16,10 +29,25 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "pip>=24,<26" "setuptools>=68" wheel
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q --no-build-isolation "deepspeed>=0.17,<0.20"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q $(PIP_C) $(TORCH_FROM) "$(TORCH_SPEC)"
+	$(BIN)/pip install -q $(PIP_C) --no-build-isolation "$(DEEPSPEED_SPEC)"
+	$(if $(DS_BUILD),$(DS_BUILD) $(BIN)/pip install -q $(PIP_C) --no-build-isolation --no-cache-dir --force-reinstall \
+		--no-deps "$(DEEPSPEED_SPEC)")
+	$(BIN)/pip install -q $(PIP_C) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m valley.grade.sandbox_env  # read-only packages for sandboxed programs (numpy)
+	$(BIN)/python -m valley.train.ops
 	touch $@
+
+# A GPU node: the pinned stack of constraints/gpu.txt (vllm's torch first, DeepSpeed built against it, no
+# compiled source builds), then `make gpu-check`.
+install-gpu:
+	$(MAKE) --always-make $(VENV)/.installed TORCH_SPEC="$(GPU_TORCH)" TORCH_INDEX= \
+		CONSTRAINTS=constraints/gpu.txt EXTRAS=dev,gpu DS_BUILD="$(GPU_DS_BUILD)"
+
+# The first command on a GPU node: CUDA + bf16, packed-row attention, a ZeRO-3 step on every GPU, vLLM.
+gpu-check:
+	@test -x $(BIN)/valley || { echo "no $(BIN)/valley: run make install-gpu first"; exit 2; }
+	$(BIN)/valley doctor --gpu
 
 lint: install
 	$(BIN)/ruff check platform tests benchmarks jobs
@@ -37,3 +65,19 @@ demo: install
 
 clean:
 	rm -rf $(VENV) runs demo-data .pytest_cache .ruff_cache
+
+# The third-party packages sandboxed programs may import (default: numpy, as lcb_runner's environment
+# has), in a directory of their own that the sandbox mounts read-only; never the grader's own .venv.
+SANDBOX_PACKAGES ?= numpy
+sandbox-env: install
+	$(BIN)/python -m valley.grade.sandbox_env $(SANDBOX_PACKAGES)
+
+# lcb_runner's own grader for benchmarks/bench_grade.py, in a venv of its own (never a project dependency):
+# its evaluation code as packaged on PyPI, without its model-serving dependencies.
+LCB_VENV ?= .bench-venv/lcb
+lcb-runner-env: $(LCB_VENV)/.installed
+$(LCB_VENV)/.installed:
+	$(PY) -m venv $(LCB_VENV)
+	$(LCB_VENV)/bin/pip install -q --no-deps "nvidia-livecodebench==26.3"
+	$(LCB_VENV)/bin/pip install -q numpy pandas tqdm
+	touch $@

@@ -5,9 +5,13 @@
 2. pack efficiency at 32K of best-fit decreasing vs naive in-order greedy packing, on the token lengths of
    real R1 code-reasoning traces (../shared/data/traces, Qwen tokenizer) when present;
 3. peak RSS (driver + Ray workers) of the stage on N vs 10·N synthetic traces: streaming means the ratio
-   stays far below 10.
+   stays far below 10;
+4. the join (issue 10): OpenCodeReasoning-2-shaped traces with "-" questions joined on (dataset, split,
+   index) to a TACO-shaped source, ingest + join only, at N and 10·N traces: peak RSS ratio (limit 1.2:
+   no table on the driver, bounded tasks) and traces/s.
 
-    python benchmarks/bench_data.py --small 100000 --large 1000000
+    python benchmarks/bench_data.py --small 100000 --large 1000000 --join-small 100000 --join-large 1000000
+    python benchmarks/bench_data.py --join-only --join-small 100000 --join-large 1000000   # just the join
 """
 
 from __future__ import annotations
@@ -148,21 +152,133 @@ def peak_rss_of_run(n: int, tok_dir: Path, workdir: Path) -> dict:
             "peak_rss_mb_driver": driver_peak >> 20}
 
 
+TACO_ROWS = 26_443  # BAAI/TACO train + test
+
+
+def write_join_corpus(workdir: Path, n: int) -> tuple[Path, Path]:
+    """n OCR-2-shaped traces (all string columns, question "-") over TACO_ROWS TACO-shaped problems."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    taco = workdir / "taco"
+    if not taco.exists():
+        taco.mkdir()
+        for shard, start in enumerate(range(0, TACO_ROWS, 10_000)):
+            k = range(start, min(start + 10_000, TACO_ROWS))
+            pq.write_table(pa.table({
+                "question": [f"Problem {i}: read n and print n + {i}. " + "Statement text. " * 40 for i in k],
+                "input_output": [json.dumps({"inputs": [f"{j}\n" for j in range(20)],
+                                             "outputs": [f"{j + i}\n" for j in range(20)]}) for i in k],
+                "difficulty": [("EASY", "MEDIUM", "MEDIUM_HARD", "HARD", "VERY_HARD")[i % 5] for i in k],
+                "starter_code": [""] * len(k), "name": [f"p{i}" for i in k]}),
+                taco / f"train-{shard:05d}-of-00003.parquet", row_group_size=5_000)
+    ocr2 = workdir / f"ocr2-{n}"
+    ocr2.mkdir()
+    body = "<think>" + "Let me reason about the loop bounds. " * 30 + "</think>\n```python\nprint(int(input()) + %d)\n```"
+    per_file = 200_000
+    for f, start in enumerate(range(0, n, per_file)):
+        k = range(start, min(start + per_file, n))
+        cols = {c: ["-"] * len(k) for c in ("question", "qwq_critique", "solution", "judgement", "pass_rate",
+                                             "source", "license", "difficulty")}
+        cols.update(r1_generation=[body % (i % TACO_ROWS) for i in k], dataset=["taco"] * len(k),
+                    split=["train"] * len(k), index=[str(i % TACO_ROWS) for i in k], id=[f"t{i}" for i in k],
+                    question_id=[f"taco-{i % TACO_ROWS}" for i in k])
+        pq.write_table(pa.table(cols), ocr2 / f"part-{f:05d}.parquet", row_group_size=20_000)
+    return ocr2, taco
+
+
+def join_child(cfg_path: str, store: str) -> None:
+    """Runs in its own process: ingest + join only, then prints the counts (what the parent measures)."""
+    from valley import runtime
+    from valley.data.config import DataConfig
+    from valley.data.readers import expand_inputs
+    from valley.data.stage import build_traces
+    from valley.storage import Storage
+
+    runtime.init()
+    cfg = DataConfig.model_validate_json(Path(cfg_path).read_text())
+    reasons, _, joins = build_traces(cfg, Storage(store), "join-bench", expand_inputs(cfg.inputs))
+    print(json.dumps({"rejected": dict(reasons), "joins": joins}))
+
+
+def _sample_tree(proc: subprocess.Popen) -> tuple[int, int]:
+    """Peak RSS of a process and all its descendants (Ray workers included), and of the process alone."""
+    peak, driver_peak = 0, 0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            driver_peak = max(driver_peak, root.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    return peak, driver_peak
+
+
+def join_rss(n: int, tok_dir: Path, workdir: Path) -> dict:
+    ocr2, taco = write_join_corpus(workdir, n)
+    cfg = {"name": f"join{n}", "inputs": [f"{ocr2}/*.parquet"], "tokenizer": str(tok_dir),
+           "columns": {"preset": "ocr2"}, "join_partitions": 16,
+           "joins": [{"name": "taco", "preset": "taco", "on": ["dataset", "split", "index"],
+                      "from": {"train": [f"{taco}/*.parquet"]}}]}
+    cfg_path = workdir / f"join-{n}.json"
+    cfg_path.write_text(json.dumps(cfg))
+    cmd = [sys.executable, __file__, "--join-child", str(cfg_path), str(workdir / f"join-store-{n}")]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    peak, driver_peak = _sample_tree(proc)
+    seconds = time.perf_counter() - t0
+    out = proc.stdout.read().decode()
+    if proc.returncode != 0:
+        raise SystemExit(f"join on {n} traces failed (exit {proc.returncode})")
+    counts = json.loads(out.strip().splitlines()[-1])
+    matched = counts["joins"]["taco"]["matched"]
+    if matched != n:
+        raise SystemExit(f"join on {n} traces matched {matched}: {counts}")
+    subprocess.run(["rm", "-rf", str(ocr2), str(workdir / f"join-store-{n}")], check=False)
+    return {"traces": n, "seconds": round(seconds, 1), "traces_per_s": round(n / seconds),
+            "peak_rss_mb_all": peak >> 20, "peak_rss_mb_driver": driver_peak >> 20, "matched": matched}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--throughput-traces", type=int, default=20_000)
     ap.add_argument("--small", type=int, default=100_000)
     ap.add_argument("--large", type=int, default=1_000_000)
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--join-small", type=int, default=100_000)
+    ap.add_argument("--join-large", type=int, default=1_000_000)
+    ap.add_argument("--skip-join", action="store_true")
+    ap.add_argument("--join-only", action="store_true", help="measure only the join (ratio 4)")
+    ap.add_argument("--join-child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="write the JSON results here too")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if args.join_child:
+        join_child(*args.join_child)
+        return
     from valley.demo import build_demo_tokenizer
 
     report: dict = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tok = build_demo_tokenizer(work / "tok")
+        if not args.skip_join:
+            small = join_rss(args.join_small, tok, work)
+            print(json.dumps(small), flush=True)
+            large = join_rss(args.join_large, tok, work)
+            print(json.dumps(large), flush=True)
+            report["join"] = {"small": small, "large": large, "limit": 1.2,
+                              "ratio_peak_rss_large_vs_small": round(large["peak_rss_mb_all"] / small["peak_rss_mb_all"], 3),
+                              "ratio_traces": args.join_large / args.join_small}
+            print(json.dumps(report["join"]), flush=True)
+        if args.join_only:
+            print(json.dumps(report, indent=2))
+            if args.out:
+                Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+            return
         corpus = work / "corpus.jsonl"
         write_corpus(corpus, args.throughput_traces)
         report["throughput"] = throughput(corpus, tok, work, seq_len=4096)

@@ -3,6 +3,7 @@
 import sys
 
 from valley.cli import main
+from valley.runtime import enter_job_dir
 
 if __name__ == "__main__":
-    sys.exit(main(["label", *sys.argv[1:]]))
+    sys.exit(main(["label", *enter_job_dir(sys.argv[1:])]))

@@ -3,6 +3,8 @@
     ray job submit --working-dir . -- python jobs/report.py jobs/configs/report.yaml --storage s3://bucket/runs
     python jobs/report.py cfg.yaml --storage runs/x --set n_boot=2000
 
+`--chdir DIR` runs the job in DIR (see jobs/prepare_data.py).
+
 Joins the cluster the job runs on (RAY_ADDRESS, set by `ray job submit`) or starts an embedded Ray,
 scores every run as a Ray task, and prints where results.parquet, report.md and the plots went.
 """
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="storage root: a local dir or s3://bucket/prefix")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--ray-address", default=None)
-    args = p.parse_args(argv)
+    args = p.parse_args(runtime.enter_job_dir(sys.argv[1:] if argv is None else argv))
     try:
         runtime.init(args.ray_address)
         result = run_stage("report", args.config, args.overrides, args.storage)

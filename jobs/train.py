@@ -6,6 +6,7 @@
 import sys
 
 from valley.cli import main
+from valley.runtime import enter_job_dir
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(main(["train", *enter_job_dir(sys.argv[1:])]))

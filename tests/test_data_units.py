@@ -100,7 +100,8 @@ def test_validation_rejects_name_field_and_reason(mapped, field, reason):
 def test_validation_normalises_and_derives():
     out = validate_trace({"question": "q", "response": "<think>a</think>b", "difficulty": "MEDIUM_HARD",
                           "correct": "true"}, source_file="/d/f.jsonl", source_row=5, max_chars=100)
-    assert out["difficulty"] == "medium_hard" and out["correct"] is True
+    assert out["difficulty"] == "MEDIUM_HARD" and out["difficulty_bucket"] == "medium_hard"  # raw kept
+    assert out["correct"] is True
     assert out["id"] == "f.jsonl:5" and out["question_id"].startswith("q-") and out["think"] == "closed"
     assert validate_trace({"question": "q", "response": "<think>a"}, source_file="f", source_row=0, max_chars=99,
                           think_policy="require_closed") == Reject("response", "think_unclosed")

@@ -1,19 +1,9 @@
-"""Experiment spec validation, and a small experiment submitted with `ray job submit` to a local head."""
+"""Experiment spec validation and a small experiment in process (`ray job submit`: tests/test_jobs.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -21,7 +11,6 @@ from valley.errors import ConfigError
 from valley.experiment import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def _small_spec(demo: dict, tmp: Path) -> Path:
@@ -142,69 +131,3 @@ def test_experiment_with_per_epoch_evaluation(ray_local, tmp_path):
     assert any(p.endswith("epochs.png") for p in result.plots)
     # the epoch export of the training run is what tiny-r40-e1 generated with
     assert list((tmp_path / "store" / "train").glob("*/model-epoch1/model.safetensors"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop the head and everything it started (its own process group), never another Ray."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.time() + wait
-        while time.time() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.3)
-    proc.wait(timeout=30)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_ray_job_submit_runs_an_experiment(tmp_path):
-    """`ray start --head`, `ray job submit jobs/run_experiment.py` with a runtime env, check the results."""
-    from valley.demo import write_demo
-
-    demo = write_demo(tmp_path / "demo", n_traces=120, n_problems=6)
-    spec = _small_spec(demo, tmp_path)
-    storage = tmp_path / "store"
-    ray_tmp = tempfile.mkdtemp(prefix="vjob-", dir="/tmp")  # short: unix socket paths are length-limited
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    dash = _free_port()
-    ray = str(BIN / "ray")
-    head = subprocess.Popen(
-        [ray, "start", "--head", "--block", "--num-cpus", "2", "--include-dashboard", "true",
-         f"--dashboard-port={dash}", f"--port={_free_port()}", f"--ray-client-server-port={_free_port()}",
-         f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        runtime_env = {"working_dir": str(REPO), "excludes": [".venv", "runs", "demo-data", ".git"],
-                       "env_vars": {"VALLEY_STORAGE": str(storage), "RAY_AUTH_MODE": "disabled"}}
-        submit = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-                  "--runtime-env-json", json.dumps(runtime_env), "--",
-                  sys.executable, "jobs/run_experiment.py", str(spec)]
-        deadline = time.time() + 120
-        while True:  # the dashboard's job server takes a moment after the head is up
-            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=1000)
-            if job.returncode == 0 or time.time() > deadline or "Connection" not in job.stderr + job.stdout:
-                break
-            time.sleep(3)
-        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
-        assert "succeeded" in job.stdout.lower()
-        results = list(storage.glob("report/*/results.parquet"))
-        assert len(results) == 1
-        table = pq.read_table(results[0])
-        assert set(table.column("run_id").to_pylist()) == {"tiny-base", "tiny-r40"}
-        assert {"pass@1", "completion_rate", "think_rate"} <= set(table.column("metric").to_pylist())
-    finally:
-        _stop_group(head)
-        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -76,7 +76,7 @@ def test_sleeping_children_that_outlive_their_parent_are_killed():
             "for _ in range(3):\n"
             "    if os.fork() == 0:\n"
             "        os.setsid()\n"
-            "        subprocess.Popen(['sleep', '300'])\n"
+            "        subprocess.Popen(['sleep', '313'])\n"
             "        time.sleep(300)\n"
             "        os._exit(0)\n" + GOOD)
     before = set(sandbox_processes(started_here=True))
@@ -84,7 +84,7 @@ def test_sleeping_children_that_outlive_their_parent_are_killed():
     assert g.verdict == "pass"  # the parent answered; its orphans must still be gone
     assert _no_leftovers(before) == []
     assert not [p for p in psutil.process_iter(["name", "cmdline"])
-                if p.info["name"] == "sleep" and p.info["cmdline"] == ["sleep", "300"]]
+                if p.info["name"] == "sleep" and p.info["cmdline"] == ["sleep", "313"]]
 
 
 def test_grader_files_are_invisible(tmp_path):
@@ -144,7 +144,7 @@ sys.path.insert(0, {platform!r})
 from valley.grade.sandbox import Limits, Sandbox
 
 bomb = "import os\\nwhile True:\\n    try:\\n        os.fork()\\n    except OSError:\\n        break\\nprint('contained')"
-with Sandbox(Limits(timeout_s=3, nproc=16), bwrap={bwrap!r}) as box:
+with Sandbox(Limits(timeout_s=3, nproc=16, sandbox_packages=()), bwrap={bwrap!r}) as box:
     box.start()
     assert box.load(bomb, "stdin", None)["status"] == "ready"
     out = box.run("")
@@ -191,5 +191,5 @@ def test_programs_sharing_a_sandbox_cannot_see_each_other():
         assert g.verdict == "pass", g.first_failure
         assert grader.grade(killer, one).verdict == "runtime_error"
         assert grader.grade(check, one).verdict == "pass"
-        assert grader.sandboxes_started == 2
+        assert grader.sandboxes_started == 3  # the killer is graded twice (a driver death is retried once)
     assert _no_leftovers(before) == []

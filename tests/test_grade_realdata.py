@@ -13,6 +13,7 @@ import json
 import pytest
 
 from valley.grade.formats import TestSpec, load_lcb_problems, spec_from_problem, spec_from_taco
+from valley.grade.lcb_diff import lcb_failing_idioms
 from valley.grade.runner import grade_code, grade_response
 from valley.grade.sandbox import Limits, bwrap_unavailable_reason
 
@@ -120,19 +121,6 @@ def test_full_response_with_think_and_no_code(problems, lcb_samples):
     assert grade_response("<think>long thoughts that never end", spec, LIMITS).verdict == "no_code"
 
 
-def test_lcb_execution_model_is_reproduced(problems):
-    """lcb_runner quirks: hoisted `from sys import stdout` writes nowhere, `global` in nested defs fails."""
-    spec = TestSpec("stdin", ("3\n",), ("3\n",))
-    assert grade_code("from sys import stdout\nstdout.write(input())", spec, LIMITS).verdict == "wrong_answer"
-    assert grade_code("import sys\nsys.stdout.write(input())", spec, LIMITS).verdict == "pass"
-    glob = "n = int(input())\ndef f():\n    global n\n    return n\nprint(f())"
-    assert grade_code(glob, spec, LIMITS).verdict == "runtime_error"
-    script = Limits(timeout_s=3.0, semantics="script")
-    assert grade_code(glob, spec, script).verdict == "pass"
-    main = "def main():\n    print(input())\nif __name__ == '__main__':\n    main()"
-    assert grade_code(main, spec, LIMITS).verdict == "pass"
-
-
 def test_taco_stdin_from_r1_final_answers(shared_data):
     """R1's final code with its stdin examples (TACO-like input_output) passes; a broken copy fails."""
     with gzip.open(shared_data / "traces" / "think-with-feedback__fuzzable-final-answers.jsonl.gz", "rt") as f:
@@ -180,7 +168,10 @@ def test_agreement_with_lcb_runner_on_a_few_hundred_samples(shared_data, problem
                 or "(truncated)" in meta["inputs"] + meta["expected"]:
             return "fail_unchecked"
         g = grade_code(code, TestSpec("stdin", (meta["inputs"],), (meta["expected"],)), limits)
-        return "fail_ok" if g.verdict != "pass" else "fail_but_we_pass"
+        if g.verdict != "pass":
+            return "fail_ok"
+        # lcb_runner failing a correct program on an idiom it mishandles is a known, intended difference
+        return "fail_but_we_pass_known_idiom" if lcb_failing_idioms(code) else "fail_but_we_pass"
 
     with ThreadPoolExecutor(2) as ex:
         outcomes = list(ex.map(check, recs))

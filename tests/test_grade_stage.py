@@ -201,3 +201,53 @@ def test_label_real_r1_final_answers(ray_local, storage, shared_data):
     out = {r["id"]: r["correct"] for r in storage.read_parquet(res.traces_dir).to_pylist()}
     assert out[rows[0]["id"]] is False
     assert res.correct >= 6 and res.no_tests == 0 and res.correct + res.incorrect == 8
+
+
+def test_wall_clock_kill_is_rerun_alone_and_recorded(ray_local, storage):
+    """A program stopped by the wall-clock backstop while its CPU time is under the limit may be the
+    host's fault: it is re-run alone before it is called time_limit, and the verdict row says so."""
+    _write_inputs(storage, extra_samples=[{"run_id": "r3", "question_id": "add", "sample_idx": 0,
+                                           "response": "```python\nimport time\ntime.sleep(30)\n```"}])
+    res = run_grade(_cfg(timeout_s=0.5, wall_timeout_s=1.0, per_test_rows=True), storage)  # re-run: 5 s backstop
+    v = {(r["run_id"], r["sample_idx"]): r for r in storage.read_parquet(res.verdicts_dir).to_pylist()}
+    sleeper = v[("r3", 0)]
+    assert sleeper["verdict"] == "time_limit" and sleeper["rerun_alone"] and not sleeper["needs_rerun"]
+    assert json.loads(sleeper["first_failure"])["limit"] == "wall"
+    assert res.reruns_alone == sum(r["rerun_alone"] for r in v.values()) >= 1 and res.grader_errors == 0
+    busy = v[("r1", list(RESPONSES).index("time_limit"))]  # a CPU-bound loop: the CPU limit (unless the host
+    assert busy["verdict"] == "time_limit"  # is so loaded that it, too, met the wall clock first and was re-run)
+    assert json.loads(busy["first_failure"])["limit"] == "cpu" or busy["rerun_alone"]
+    tests = [t for t in storage.read_parquet(res.tests_dir).to_pylist() if t["run_id"] == "r3"]
+    assert len(tests) == 1  # the re-run replaced the first attempt's per-test row
+
+
+def test_stalled_stage_fails_naming_phase_and_batch(ray_local, storage):
+    from valley.grade.parallel import StageStalledError
+
+    _write_inputs(storage, extra_samples=[{"run_id": "r4", "question_id": "add", "sample_idx": 0,
+                                           "response": "```python\nimport time\ntime.sleep(60)\n```"}])
+    with pytest.raises(StageStalledError, match=r"no batch completed for 2 s in phase 'grading batches'.*part-"):
+        run_grade(_cfg(timeout_s=5.0, wall_timeout_s=20.0, stall_timeout_s=2.0, batch_size=20), storage)
+
+
+def test_sandbox_that_cannot_start_is_a_grader_error_not_a_failure():
+    from valley.grade.formats import TestSpec
+    from valley.grade.runner import Grader
+    from valley.grade.sandbox import Limits
+
+    with Grader(Limits(timeout_s=1.0), bwrap="/bin/false") as grader:
+        g = grader.grade("print(3)\n", TestSpec("stdin", ("",), ("3\n",)))
+    assert g.verdict == "grader_error" and g.needs_rerun and "could not start" in g.first_failure["error"]
+
+
+def test_grader_error_is_excluded_from_pass_at_1():
+    """metrics: a grader_error sample is no evidence either way: left out of pass@1, reported as a count."""
+    from valley.metrics.join import join_run
+
+    samples = pa.table({"question_id": ["q"] * 3, "sample_idx": [0, 1, 2], "response": ["x"] * 3,
+                        "finish_reason": ["stop"] * 3})
+    verdicts = pa.table({"question_id": ["q"] * 3, "sample_idx": [0, 1, 2],
+                         "verdict": ["pass", "grader_error", "wrong_answer"]})
+    joined = join_run(samples, verdicts, pa.table({"question_id": ["q"]}), max_tokens=100)
+    assert joined.n_grader_error == 1 and joined.samples.height == 2
+    assert joined.samples["passed"].to_list() == [True, False]

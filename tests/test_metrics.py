@@ -234,3 +234,20 @@ def test_think_tag_detection_matches_python_lstrip():
                          "verdict": ["pass"] * len(responses)})
     joined = join_run(samples, verdicts, pa.table({"question_id": ["q"]}), max_tokens=10)
     assert joined.samples.sort("sample_idx")["think"].to_list() == [r.lstrip().startswith("<think>") for r in responses]
+
+
+def test_missing_finish_reason_is_unknown_not_incomplete():
+    samples, verdicts, problems = _tables()
+    # Samples 1 (stop) and 3 (length) lose their finish reason, as in imported lcb_runner files.
+    reasons = [None if j in (1, 3) else r for j, r in zip(samples["sample_idx"].to_pylist(),
+                                                         samples["finish_reason"].to_pylist(), strict=True)]
+    samples = samples.set_column(samples.schema.get_field_index("finish_reason"), "finish_reason",
+                                 pa.array(reasons, pa.string()))
+    rows = _by_metric(compute_run_metrics(samples, verdicts, problems, max_tokens=250, n_boot=0, seed=0))
+    # Known: samples 0 (stop, 100 tokens: complete) and 2 (stop, 300 tokens: over budget) -> 1 of 2.
+    assert rows["completion_rate"]["value"] == pytest.approx(0.5)
+    none = samples.set_column(samples.schema.get_field_index("finish_reason"), "finish_reason",
+                              pa.nulls(samples.num_rows, pa.string()))
+    rows = _by_metric(compute_run_metrics(none, verdicts, problems, max_tokens=250, n_boot=0, seed=0))
+    assert np.isnan(rows["completion_rate"]["value"])
+    assert rows["pass@1"]["value"] == pytest.approx(np.mean([min(i % 5, 4) / 4 for i in range(6)]))

@@ -44,7 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run an experiment spec end to end (skips finished stages)")
     p.add_argument("spec")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--plan", action="store_true", help="print the capacity plan first; stop if a run cannot fit")
     _add_common(p)
+    from valley.capacity.command import add_plan_flags
+
+    add_plan_flags(p)
+    p = sub.add_parser("plan", help="memory per rank, tokens, FLOPs and GPU-hours of a spec, before running it")
+    p.add_argument("spec")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="storage root holding data manifests / earlier samples")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_plan_flags(p)
+    p = sub.add_parser("doctor", help="check this machine: sandbox, Ray, DeepSpeed, storage (and GPUs with --gpu)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="storage root to check for writes")
+    p.add_argument("--gpu", action="store_true", help="also run the GPU acceptance checks (CUDA, attention, "
+                   "ZeRO-3 step, vLLM)")
+    from valley.decontam.command import add_decontam_parser
+    from valley.imports.command import add_import_parser
+
+    add_import_parser(sub, _add_common)
+    add_decontam_parser(sub, _add_common)
     p = sub.add_parser("demo", help="write the synthetic demo corpus and problems (offline)")
     p.add_argument("--out", default="demo-data", help="directory for the demo files")
     p.add_argument("--n-traces", type=int, default=2000)
@@ -82,6 +101,23 @@ def main(argv: list[str] | None = None) -> int:
             paths = write_demo(args.out, n_traces=args.n_traces, n_problems=args.n_problems, seed=args.seed)
             _print_result(paths)
             return 0
+        if args.command == "plan":
+            from valley.capacity.command import plan_from_args, print_plan
+
+            print_plan(plan_from_args(args), args, as_json=args.json)
+            return 0
+        if args.command == "doctor":
+            from valley.doctor import main as doctor_main
+
+            return doctor_main(storage_root=args.storage, gpu=args.gpu)
+        if args.command == "run" and args.plan:
+            from valley.capacity.command import plan_from_args, print_plan
+
+            study_plan = plan_from_args(args)
+            print_plan(study_plan, args)
+            if not study_plan.all_fit:
+                print("valley: error: a training run does not fit its GPUs (see the plan above)", file=sys.stderr)
+                return 3
         from valley import runtime
 
         runtime.init(args.ray_address, num_cpus=args.num_cpus, quiet=not args.verbose)
@@ -89,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             from valley.experiment import run_experiment_file
 
             result = run_experiment_file(args.spec, args.overrides, args.storage)
+        elif args.command in ("import", "decontam"):
+            module = importlib.import_module(f"valley.{'imports' if args.command == 'import' else 'decontam'}.command")
+            result = module.run_from_args(args)
         else:
             result = run_stage(args.command, args.config, args.overrides, args.storage)
         _print_result(result)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
 from valley import config as config_mod
+from valley import costs
 from valley.storage import Storage
 
 if TYPE_CHECKING:
@@ -159,19 +160,21 @@ def _data_for(spec: ExperimentSpec, student: StudentSpec, storage: Storage) -> d
                     for k in ("correct", "incorrect")]
     name = f"{spec.experiment}-{student.name}"
     console.log(f"[data] {name}: {len(subsets)} subsets")
-    first = run_data(DataConfig(name=name, tokenizer=tokenizer, subsets=subsets, **spec.data), storage)
+    first = costs.timed("data", run_data, DataConfig(name=name, tokenizer=tokenizer, subsets=subsets, **spec.data),
+                        storage)
     datasets = {s.name: _rel(storage, first.output_dir) for s in subsets}
     if study.correctness_size and spec.label is not None:
         from valley.grade.config import LabelConfig
         from valley.grade.label import run_label
 
         console.log(f"[label] {name}: grading traces against their tests")
-        labelled = run_label(LabelConfig(name=name, traces=f"{_rel(storage, first.output_dir)}/traces", **spec.label),
-                             storage)
+        labelled = costs.timed("label", run_label, LabelConfig(name=name, traces=f"{_rel(storage, first.output_dir)}/traces",
+                                                               **spec.label), storage)
         console.log(f"[label] correct={labelled.correct} incorrect={labelled.incorrect} no_tests={labelled.no_tests}")
+        # The labelled traces already carry what the joins brought; joining again would only cost time.
         cfg = dict(spec.data, inputs=[f"{storage.uri(_rel(storage, labelled.traces_dir))}/*.parquet"],
-                   columns={"preset": "valley"})
-        second = run_data(DataConfig(
+                   columns={"preset": "valley"}, joins=[])
+        second = costs.timed("data", run_data, DataConfig(
             name=f"{name}-labelled", tokenizer=tokenizer,
             subsets=[SubsetSpec(name=k, kind=k, size=study.correctness_size, sources=study.subset_sources)
                      for k in ("correct", "incorrect")], **cfg), storage)
@@ -188,7 +191,7 @@ def _train(spec: ExperimentSpec, student: StudentSpec, storage: Storage, data_di
     console.log(f"[train] {name} on {subset}")
     cfg = TrainConfig(name=name, data=data_dir, subset=subset, model=start_model,
                       export_every_epoch=per_epoch, **spec.train)
-    result = run_train(cfg, storage)
+    result = costs.timed("train", run_train, cfg, storage)
     console.log(f"[train] {name}: {result.steps} steps, final loss {result.final_loss}")
     return result
 
@@ -263,9 +266,10 @@ def evaluate(spec: ExperimentSpec, runs: list[EvalRun], storage: Storage) -> lis
         if run.alias_of is not None:
             continue
         name = f"{spec.experiment}-{run.run_id}"
-        gen = run_generate(GenerateConfig(name=name, model=run.model_dir, run_id=run.run_id, **spec.generate), storage)
+        gen = costs.timed("generate", run_generate,
+                          GenerateConfig(name=name, model=run.model_dir, run_id=run.run_id, **spec.generate), storage)
         console.log(f"[generate] {run.run_id}: {gen.n_samples} samples, finish {gen.finish_reasons}")
-        grade = run_grade(GradeConfig(name=name, samples=_rel(storage, gen.samples_uri),
+        grade = costs.timed("grade", run_grade, GradeConfig(name=name, samples=_rel(storage, gen.samples_uri),
                                       problems=_rel(storage, gen.problems_uri), **spec.grade), storage)
         console.log(f"[grade] {run.run_id}: {grade.counts}")
         tables[run.run_id] = {"samples": _rel(storage, gen.samples_uri), "verdicts": _rel(storage, grade.verdicts_dir),
@@ -286,9 +290,14 @@ def run_experiment(spec: ExperimentSpec, storage: Storage) -> ExperimentResult:
     from valley.report.stage import run_report
 
     t0 = time.perf_counter()
-    runs = plan_and_train(spec, storage)
-    run_specs = evaluate(spec, runs, storage)
-    report_cfg = {"max_tokens": spec.generate.get("max_tokens", 32768), **spec.report}
+    ledger = costs.CostLedger(storage, spec.experiment)  # stage timings for the report's cost table
+    costs.activate(ledger)
+    try:
+        runs = plan_and_train(spec, storage)
+        run_specs = evaluate(spec, runs, storage)
+    finally:
+        costs.activate(None)
+    report_cfg = {"max_tokens": spec.generate.get("max_tokens", 32768), "costs": ledger.rows(), **spec.report}
     report = run_report(ReportConfig(name=spec.experiment, experiment=spec.experiment, runs=run_specs, **report_cfg),
                         storage)
     where = storage.uri  # full locations, so the user can open the report straight away
@@ -315,6 +324,13 @@ def resolve_local_paths(data: dict[str, Any]) -> dict[str, Any]:
         values = (data.get(section) or {}).get(key)
         if isinstance(values, list):
             data[section][key] = [_absolute(v) if isinstance(v, str) else v for v in values]
+    for join in (data.get("data") or {}).get("joins") or []:
+        files = join.get("from") if isinstance(join, dict) else None
+        if isinstance(files, list):
+            join["from"] = [_absolute(v) if isinstance(v, str) else v for v in files]
+        elif isinstance(files, dict):
+            join["from"] = {split: [_absolute(v) for v in ([vs] if isinstance(vs, str) else vs)]
+                            for split, vs in files.items()}
     return data
 
 

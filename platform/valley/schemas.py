@@ -14,7 +14,8 @@ TRACES = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("question_id", pa.string(), nullable=False),
         pa.field("source", pa.string()),  # corpus/dataset the row came from (e.g. "taco", "ocr2", "demo")
-        pa.field("difficulty", pa.string()),  # TACO labels: easy|medium|medium_hard|hard|very_hard (or LCB's)
+        pa.field("difficulty", pa.string()),  # the corpus's raw label (TACO "MEDIUM_HARD", APPS "interview", a rating)
+        pa.field("difficulty_bucket", pa.string()),  # normalised (data/difficulty.py); RQ3's easy/hard reads it
         pa.field("question", pa.string(), nullable=False),
         pa.field("response", pa.string(), nullable=False),
         pa.field("teacher", pa.string()),
@@ -80,6 +81,10 @@ SAMPLES = pa.schema(
         pa.field("finish_reason", pa.string()),  # stop | length
         pa.field("model", pa.string()),
         pa.field("backend", pa.string()),
+        # Set only for imported samples (`valley import`) whose file carries the harness's own verdict:
+        # lcb_runner graded_list[i] / SkyThought correctness; the report puts our verdicts beside it.
+        pa.field("official_pass", pa.bool_()),
+        pa.field("official_detail", pa.string()),  # lcb_runner metadata[i] / SkyThought reason (JSON text)
     ]
 )
 
@@ -118,6 +123,7 @@ VERDICT_VALUES = (
     "syntax_error",
     "memory_limit",
     "no_code",
+    "grader_error",  # the sandbox could not run the sample (host's fault): excluded from pass@k, reported
 )
 
 # One metric of one run of an experiment.

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from valley.config import StageConfig
 
-TACO_EASY = ("easy", "medium")
+TACO_EASY = ("easy", "medium")  # difficulty buckets of RQ3's easy side (data/difficulty.py)
 TACO_HARD = ("medium_hard", "hard", "very_hard")
+TracePreset = Literal["valley", "ocr", "ocr2", "taco", "codeforces_cots", "openthoughts", "rstar_seed_sft",
+                      "messages", "alias"]
+SourcePreset = Literal["taco", "apps", "code_contests", "codeforces", "lcb", "plain"]
 
 
 class ColumnMapping(BaseModel):
@@ -22,7 +25,7 @@ class ColumnMapping(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: Literal["valley", "ocr", "taco", "messages"] = "valley"
+    preset: TracePreset = "valley"
     id: str | None = None
     question_id: str | None = None
     question: str | None = None
@@ -33,9 +36,52 @@ class ColumnMapping(BaseModel):
     correct: str | None = None
     tests: str | None = None
     starter_code: str | None = None
+    finish_reason: str | None = None  # a reply whose finish reason is not "stop" is a reject
     messages: str | None = None  # column holding a chat: [{"role", "content"}, ...]
     explode_responses: bool | None = None  # a list-valued response column gives one trace per element
     constants: dict[str, str] = Field(default_factory=dict)  # e.g. {"source": "taco", "teacher": "r1"}
+
+
+class JoinSpec(BaseModel):
+    """Fill trace fields from a source dataset (OpenCodeReasoning-2's "-" questions, TACO tests/difficulty).
+
+    `on` names the key parts, compared as text: `dataset` routes a trace to this join when its `dataset`
+    column is one of `dataset` (default: the join's name); `split` is the name a file group is listed
+    under in `from`; `index` is a row's 0-based position within its split (HF `ds[split][index]`, the
+    split's files in sorted order); `question_hash` hashes the whitespace-normalised question text on both
+    sides; any other name is read from the trace (its field or raw column) and from the source column
+    `source_keys[name]` (default the same name). `take` maps trace fields to source columns (the
+    preset's derived columns included); given, it replaces the preset's choice, so a join can take only
+    tests and difficulty and keep the trace's own question. A trace whose key matches no
+    source row (when `required`) or several is a reject naming the key.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str
+    from_: dict[str, list[str]] | list[str] = Field(alias="from")  # {split: files/globs/URIs} or files
+    preset: SourcePreset = "plain"
+    on: list[str] = Field(min_length=1)
+    dataset: list[str] | None = None  # values of the trace's `dataset` column this join serves
+    source_keys: dict[str, str] = Field(default_factory=dict)
+    take: dict[str, str] = Field(default_factory=dict)
+    required: bool = True  # False: a trace without a match keeps its own fields (counted, not rejected)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        """YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean True (and JSON then writes it "true")."""
+        if isinstance(data, dict) and "on" not in data:
+            data = {("on" if k is True or k == "true" else k): v for k, v in data.items()}
+        return data
+
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        return self.from_ if isinstance(self.from_, dict) else {"train": list(self.from_)}
+
+    @property
+    def datasets(self) -> list[str]:
+        return self.dataset if self.dataset is not None else [self.name]
 
 
 class SubsetSpec(BaseModel):
@@ -54,6 +100,7 @@ class DataConfig(StageConfig):
 
     inputs: list[str]  # files or glob patterns: .jsonl, .jsonl.gz, .json, .parquet
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    joins: list[JoinSpec] = Field(default_factory=list)  # applied in order; a trace takes the first that applies
     tokenizer: str  # local Hugging Face tokenizer (or model) directory
     system_prompt: str | None = None  # None: the template's own default
     max_seq_len: int = Field(default=32768, gt=8)
@@ -66,6 +113,7 @@ class DataConfig(StageConfig):
     seed: int = 0
     # Execution knobs (do not change outputs).
     chunk_rows: int = Field(default=20_000, gt=0)  # rows per ingest task
+    join_partitions: int = Field(default=16, gt=0)  # hash partitions of the join (bounds each task's memory)
     group_docs: int = Field(default=4096, gt=0)  # docs per tokenize/pack task (bigger packs tighter)
     tokenize_concurrency: int | None = None  # tokenizer actors; None = CPUs available
 
@@ -77,4 +125,7 @@ class DataConfig(StageConfig):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"subset names must be unique, repeated: {dupes}")
+        joins = [j.name for j in self.joins]
+        if len(set(joins)) != len(joins):
+            raise ValueError(f"join names must be unique: {joins}")
         return self

@@ -19,6 +19,7 @@ import ray.data
 from valley import schemas
 from valley.data.columns import MissingField, map_row, resolve
 from valley.data.config import DataConfig
+from valley.data.joins import JOIN_DIR, KEYS, PENDING, PENDING_DIR, route, write_partitioned
 from valley.data.readers import Chunk, iter_chunk
 from valley.data.validate import Reject, reject_row, validate_trace
 from valley.errors import InputError
@@ -27,10 +28,15 @@ from valley.storage import Storage
 STATS_DIR = "_ingest"
 
 
-def process_chunk(chunk: Chunk, cfg: DataConfig) -> tuple[list[dict], list[dict]]:
-    """Pure part of ingest: rows of one chunk -> (trace rows, reject rows)."""
+def process_chunk(chunk: Chunk, cfg: DataConfig, keys: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
+    """Pure part of ingest: rows of one chunk -> (trace rows, reject rows).
+
+    With joins declared, a trace may keep a "-" placeholder question (the join fills it in), carries its
+    raw `dataset`, and the (join, key, position) of each routed trace is appended to `keys`.
+    """
     resolved = resolve(cfg.columns)
     constants = cfg.columns.constants
+    joining = bool(cfg.joins)
     traces, rejects = [], []
     for row_no, raw in iter_chunk(chunk):
         if isinstance(raw, InputError):
@@ -48,7 +54,15 @@ def process_chunk(chunk: Chunk, cfg: DataConfig) -> tuple[list[dict], list[dict]
             continue
         for mapped in mapped_rows:
             result = validate_trace(mapped, source_file=chunk.path, source_row=row_no, max_chars=cfg.max_chars,
-                                    think_policy=cfg.think_policy)
+                                    think_policy=cfg.think_policy, allow_placeholder=joining)
+            if joining and not isinstance(result, Reject):
+                routed = route(cfg.joins, result, raw)
+                if isinstance(routed, Reject):
+                    result = routed
+                elif routed is not None and keys is not None:
+                    keys.append({"join": routed[0], "key": routed[1], "pos": len(traces)})
+                if not isinstance(result, Reject):
+                    result["dataset"] = raw.get("dataset") if isinstance(raw.get("dataset"), str) else None
             if isinstance(result, Reject):
                 rejects.append(reject_row(result, raw, source_file=chunk.path, source_row=row_no))
             else:
@@ -76,9 +90,14 @@ def ingest_one(chunk: Chunk, cfg: DataConfig, storage: Storage, out_dir: str) ->
     sidecar = (out_dir, STATS_DIR, f"{chunk.key}.json")
     if storage.exists(*sidecar):
         return storage.read_json(*sidecar)
-    traces, rejects = process_chunk(chunk, cfg)
+    keys: list[dict] = []
+    traces, rejects = process_chunk(chunk, cfg, keys)
     part = f"{chunk.key}.parquet"
-    storage.write_parquet(pa.Table.from_pylist(traces, schema=schemas.TRACES), out_dir, "traces", part)
+    if cfg.joins:  # traces wait in pending/ until the join has filled them in
+        write_partitioned(keys, KEYS, cfg.join_partitions, storage, out_dir, JOIN_DIR, "keys", name=chunk.key)
+        storage.write_parquet(pa.Table.from_pylist(traces, schema=PENDING), out_dir, PENDING_DIR, part)
+    else:
+        storage.write_parquet(pa.Table.from_pylist(traces, schema=schemas.TRACES), out_dir, "traces", part)
     storage.write_parquet(pa.Table.from_pylist(rejects, schema=schemas.REJECTS), out_dir, "rejects", part)
     stats = chunk_stats(chunk, traces, rejects)
     storage.write_json(stats, *sidecar)

@@ -2,6 +2,7 @@
 
 Output layout under `data/<name>-<hash>/`:
   traces/*.parquet            validated traces (schemas.TRACES)
+  pending/, _join/            with `joins`: traces waiting for, and the partitions of, the join (joins.py)
   rejects/*.parquet           refused rows with file, row, field and reason (schemas.REJECTS)
   subsets/<subset>.parquet    ids of each subset in seeded order
   tokenized/<subset>/*.parquet packed training rows (schemas.TOKENIZED)
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 from collections import Counter
 from pathlib import Path
@@ -26,7 +26,8 @@ from pydantic import BaseModel
 from valley import schemas
 from valley.data.config import ColumnMapping, DataConfig, SubsetSpec
 from valley.data.ingest import run_ingest
-from valley.data.readers import expand_inputs, plan_chunks
+from valley.data.joins import check_inputs, run_joins
+from valley.data.readers import expand_inputs, file_fingerprint, plan_chunks
 from valley.data.subsets import dedup_questions, seeded_order, select_subsets, split_duplicate_ids
 from valley.data.tokenize import plan_groups, run_tokenize
 from valley.errors import ConfigError
@@ -34,7 +35,8 @@ from valley.storage import Storage, stage_dir
 
 __all__ = ["ColumnMapping", "DataConfig", "DataResult", "SubsetSpec", "run_data"]
 
-META_COLUMNS = ["id", "question_id", "source", "difficulty", "correct", "source_file", "source_row"]
+META_COLUMNS = ["id", "question_id", "source", "difficulty", "difficulty_bucket", "correct", "source_file",
+                "source_row"]
 
 
 class DataResult(BaseModel):
@@ -49,17 +51,21 @@ class DataResult(BaseModel):
 
 
 def _fingerprint(paths: list[str]) -> str:
-    """Size and mtime of every input file and tokenizer file: a changed input is a new run."""
+    """Size and change marker of every input file and tokenizer file: a changed input is a new run."""
     h = hashlib.sha256()
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}|{st.st_size}|{int(st.st_mtime_ns)}\n".encode())
+        h.update(f"{file_fingerprint(p)}\n".encode())
     return h.hexdigest()
+
+
+def join_files(cfg: DataConfig) -> list[str]:
+    return [f for spec in cfg.joins for patterns in spec.splits.values() for f in expand_inputs(patterns)]
 
 
 def run_hash(cfg: DataConfig, files: list[str]) -> str:
     tok_files = sorted(str(p) for p in Path(cfg.tokenizer).glob("*") if p.is_file()) if Path(cfg.tokenizer).is_dir() else []
-    return hashlib.sha256((cfg.config_hash() + _fingerprint(files) + _fingerprint(tok_files)).encode()).hexdigest()
+    inputs = files + join_files(cfg)
+    return hashlib.sha256((cfg.config_hash() + _fingerprint(inputs) + _fingerprint(tok_files)).encode()).hexdigest()
 
 
 def _load_meta(storage: Storage, out: str) -> pa.Table:
@@ -94,6 +100,27 @@ def _subset_summary(stats: list[dict[str, Any]], dropped: list[dict[str, Any]], 
     }
 
 
+def build_traces(cfg: DataConfig, storage: Storage, out: str,
+                 files: list[str]) -> tuple[Counter, Counter, dict[str, Any] | None]:
+    """Ingest and validate every input, then (with `joins`) fill traces in from their sources.
+
+    Returns rejects by reason, think-tag structures, and the per-join counts (None without joins).
+    """
+    check_inputs(cfg)
+    chunks = plan_chunks(files, cfg.chunk_rows)
+    chunk_stats = run_ingest(chunks, cfg, storage, out)
+    reasons: Counter[str] = Counter()
+    think: Counter[str] = Counter()
+    for s in chunk_stats:
+        reasons.update(s["rejected_by_reason"])
+        think.update(s["think"])
+    if not cfg.joins:
+        return reasons, think, None
+    joined = run_joins(cfg, storage, out, [c.key for c in chunks])
+    reasons.update(joined["rejected_by_reason"])
+    return reasons, Counter(joined["think"]), joined["joins"]
+
+
 def run_data(cfg: DataConfig, storage: Storage) -> DataResult:
     """Run the data stage; idempotent (a finished run with the same config and inputs is skipped)."""
     files = expand_inputs(cfg.inputs)
@@ -103,13 +130,8 @@ def run_data(cfg: DataConfig, storage: Storage) -> DataResult:
         return DataResult(**storage.success_summary(out), skipped=True)
 
     storage.clean_temporaries(out)  # only a killed earlier run of this same config can have left them
-    # 1. ingest + validate (parallel, resumable per chunk)
-    chunk_stats = run_ingest(plan_chunks(files, cfg.chunk_rows), cfg, storage, out)
-    reasons: Counter[str] = Counter()
-    think: Counter[str] = Counter()
-    for s in chunk_stats:
-        reasons.update(s["rejected_by_reason"])
-        think.update(s["think"])
+    # 1. ingest + validate (+ join), parallel and resumable per chunk
+    reasons, think, joins = build_traces(cfg, storage, out, files)
 
     # 2. one row per id; duplicates are rejects too
     meta, dupes = split_duplicate_ids(_load_meta(storage, out))
@@ -154,7 +176,7 @@ def run_data(cfg: DataConfig, storage: Storage) -> DataResult:
         "questions_deduplicated": accepted - ordered.num_rows,
         "subsets": subsets,
     }
-    manifest = dict(summary, seq_len=cfg.max_seq_len, packing=cfg.packing, tokenizer=cfg.tokenizer,
+    manifest = dict(summary, **({"joins": joins} if joins is not None else {}), seq_len=cfg.max_seq_len, packing=cfg.packing, tokenizer=cfg.tokenizer,
                     think_structure=dict(think), inputs=files, config=cfg.model_dump(mode="json"))
     storage.write_json(manifest, out, "manifest.json")
     storage.mark_success(out, h, summary)

@@ -57,7 +57,9 @@ def _eligible(ordered: pa.Table, spec: SubsetSpec) -> pa.Table:
         pool = pool.filter(pc.equal(pool.column("correct"), spec.kind == "correct"))
     elif spec.kind in ("easy", "hard"):
         labels = TACO_EASY if spec.kind == "easy" else TACO_HARD
-        pool = pool.filter(pc.is_in(pool.column("difficulty"), value_set=pa.array(labels, pa.string())))
+        # the normalised bucket (raw labels differ in case and scale); tables without one use `difficulty`
+        column = "difficulty_bucket" if "difficulty_bucket" in pool.column_names else "difficulty"
+        pool = pool.filter(pc.is_in(pool.column(column), value_set=pa.array(labels, pa.string())))
     return pool
 
 

@@ -8,8 +8,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from valley.data.difficulty import difficulty_bucket
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-DIFFICULTY_ALIASES = {"unknown_difficulty": None, "unknown": None, "": None}
+PLACEHOLDER_QUESTIONS = frozenset({"-"})  # OpenCodeReasoning-2 ships "-": the text lives in the source dataset
+FINISHED = frozenset({"stop", "eos", "end_turn"})  # finish reasons of a reply that was not cut off
 RAW_LIMIT = 4096  # characters of the offending row kept in the rejects table
 
 
@@ -75,8 +78,13 @@ def validate_trace(
     source_row: int,
     max_chars: int,
     think_policy: str = "record",
+    allow_placeholder: bool = False,
 ) -> dict[str, Any] | Reject:
-    """Return a row of schemas.TRACES, or a Reject naming the field and the reason."""
+    """Return a row of schemas.TRACES, or a Reject naming the field and the reason.
+
+    `allow_placeholder` lets a "-" question through ingest when a join will fill it in; the joined row
+    is validated again without it.
+    """
     out: dict[str, Any] = {}
     for field in ("question", "response"):
         value = _as_text(mapped.get(field), field) if mapped.get(field) is not None else Reject(field, "missing_field")
@@ -85,6 +93,11 @@ def validate_trace(
         if not value.strip():
             return Reject(field, "empty")
         out[field] = value
+    if not allow_placeholder and out["question"].strip() in PLACEHOLDER_QUESTIONS:
+        return Reject("question", "placeholder", f"{out['question'].strip()!r} (join the source dataset's text)")
+    finish = mapped.get("finish_reason")
+    if finish is not None and str(finish).strip().lower() not in FINISHED:
+        return Reject("response", "unfinished", f"finish_reason {finish!r}")
     if len(out["question"]) + len(out["response"]) > max_chars:
         return Reject("response", "too_long", f"{len(out['question']) + len(out['response'])} > {max_chars} chars")
     for field in ("id", "question_id", "source", "difficulty", "teacher", "tests", "starter_code"):
@@ -97,8 +110,8 @@ def validate_trace(
         return correct
     out["correct"] = correct
     if out["difficulty"] is not None:
-        label = out["difficulty"].strip().lower().replace(" ", "_")
-        out["difficulty"] = DIFFICULTY_ALIASES.get(label, label)
+        out["difficulty"] = out["difficulty"].strip() or None
+    out["difficulty_bucket"] = difficulty_bucket(out["difficulty"], mapped.get("_dataset") or out["source"])
     out["think"] = think_structure(out["response"])
     if think_policy == "require_closed" and out["think"] != "closed":
         return Reject("response", f"think_{out['think']}")
@@ -107,10 +120,15 @@ def validate_trace(
         suffix = f":{mapped['_explode_index']}" if "_explode_index" in mapped else ""
         out["id"] = f"{name}:{source_row}{suffix}"
     if out["question_id"] is None:
-        out["question_id"] = "q-" + hashlib.sha256(out["question"].encode("utf-8")).hexdigest()[:16]
+        out["question_id"] = derived_question_id(out["question"])
     out["source_file"] = source_file
     out["source_row"] = source_row
     return out
+
+
+def derived_question_id(question: str) -> str:
+    """The question id of a corpus that has none: a hash of the question text."""
+    return "q-" + hashlib.sha256(question.encode("utf-8")).hexdigest()[:16]
 
 
 def reject_row(reject: Reject, raw: Any, *, source_file: str, source_row: int) -> dict[str, Any]:

@@ -9,7 +9,8 @@
 * "local": the backend in this process; the baseline the benchmark compares the pool against.
 
 All modes yield lists of `Completion` as batches finish, so the stage can write Parquet parts
-while generation goes on.
+while generation goes on. Every replica reports to the stage's watchdog board (valley.watchdog) when it
+loads its model and when it starts and finishes a batch, so a stalled pool is named, not waited on.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from valley.generate.backends.base import Completion, Request, Sampling, make_backend
 from valley.generate.config import GenerateConfig
+from valley.watchdog import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,12 @@ class GenerateWorker:
     """One replica: holds one backend and turns a batch of requests into completions."""
 
     def __init__(self, kind: str, model: str, options: dict[str, Any], sampling: Sampling,
-                 crash_once_file: str | None = None):
+                 crash_once_file: str | None = None, heartbeat_board: Any = None):
+        self.hb = Heartbeat(heartbeat_board, _replica_name())
+        _register(heartbeat_board, self.hb.worker)
+        self.hb.beat("model_load", model)
         self.backend = make_backend(kind, model, **options)
+        self.hb.beat("ready")
         self.sampling = sampling
         self.crash_once_file = crash_once_file
         # Serve may call a replica from several threads; an engine (vllm.LLM, an HF model) is fed one
@@ -67,13 +73,34 @@ class GenerateWorker:
     def run(self, requests: list[Request]) -> list[Completion]:
         _maybe_crash(self.crash_once_file)
         with self._lock:
-            return self.backend.generate(requests, self.sampling)
+            self.hb.beat("generate", f"batch of {len(requests)} from {requests[0].question_id if requests else '-'}")
+            done = self.backend.generate(requests, self.sampling)
+            self.hb.beat("batch_done", f"{len(done)} samples")
+            return done
 
     # Ray Data entry point: a columnar batch in, a columnar batch out.
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         requests = [Request(str(q), int(i), str(p), int(s))
                     for q, i, p, s in zip(*(batch[c] for c in COLUMNS), strict=True)]
         return completions_to_columns(self.run(requests))
+
+
+def _replica_name() -> str:
+    import socket
+
+    return f"replica pid {os.getpid()}@{socket.gethostname()}"
+
+
+def _register(board: Any, name: str) -> None:
+    """An actor replica leaves its handle on the board, so a stalled pool can be killed replica by replica."""
+    if board is None:
+        return
+    try:
+        import ray
+
+        board.register.remote(name, ray.get_runtime_context().current_actor)
+    except Exception:  # noqa: BLE001 - not an actor (local mode) or no Ray: nothing to kill later
+        pass
 
 
 class GenerateServer(GenerateWorker):
@@ -105,24 +132,25 @@ def _chunks(requests: list[Request], size: int) -> Iterator[list[Request]]:
         yield requests[start:start + size]
 
 
-def run_pool(requests: list[Request], cfg: GenerateConfig) -> Iterator[list[Completion]]:
-    """Generate every request with the configured pool; yields batches of completions as they finish."""
+def run_pool(requests: list[Request], cfg: GenerateConfig, board: Any = None) -> Iterator[list[Completion]]:
+    """Generate every request with the configured pool; yields batches of completions as they finish.
+    `board`: the stage watchdog's heartbeat board that replicas report progress to (None: no reports)."""
     if not requests:
         return iter(())
     if cfg.pool.mode == "local":
-        return _run_local(requests, cfg)
+        return _run_local(requests, cfg, board)
     if cfg.pool.mode == "data":
-        return _run_data(requests, cfg)
-    return _run_serve(requests, cfg)
+        return _run_data(requests, cfg, board)
+    return _run_serve(requests, cfg, board)
 
 
-def _worker_args(cfg: GenerateConfig) -> dict[str, Any]:
+def _worker_args(cfg: GenerateConfig, board: Any = None) -> dict[str, Any]:
     return {"kind": cfg.backend, "model": cfg.model, "options": backend_options(cfg), "sampling": sampling_of(cfg),
-            "crash_once_file": cfg.pool.crash_once_file}
+            "crash_once_file": cfg.pool.crash_once_file, "heartbeat_board": board}
 
 
-def _run_local(requests: list[Request], cfg: GenerateConfig) -> Iterator[list[Completion]]:
-    worker = GenerateWorker(**{**_worker_args(cfg), "crash_once_file": None})
+def _run_local(requests: list[Request], cfg: GenerateConfig, board: Any = None) -> Iterator[list[Completion]]:
+    worker = GenerateWorker(**{**_worker_args(cfg, board), "crash_once_file": None})
     try:
         for chunk in _chunks(requests, cfg.pool.batch_size):
             yield worker.run(chunk)
@@ -130,7 +158,7 @@ def _run_local(requests: list[Request], cfg: GenerateConfig) -> Iterator[list[Co
         worker.backend.close()
 
 
-def _run_data(requests: list[Request], cfg: GenerateConfig) -> Iterator[list[Completion]]:
+def _run_data(requests: list[Request], cfg: GenerateConfig, board: Any = None) -> Iterator[list[Completion]]:
     import ray
 
     pool = cfg.pool
@@ -141,18 +169,18 @@ def _run_data(requests: list[Request], cfg: GenerateConfig) -> Iterator[list[Com
     with warnings.catch_warnings():
         # Ray Data has no named parameter for bounded actor restarts yet; its default is unbounded.
         warnings.simplefilter("ignore", DeprecationWarning)
-        ds = _map_generate(ds, cfg)
+        ds = _map_generate(ds, cfg, board)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield columns_to_completions(batch)
 
 
-def _map_generate(ds: Any, cfg: GenerateConfig) -> Any:
+def _map_generate(ds: Any, cfg: GenerateConfig, board: Any = None) -> Any:
     import ray
 
     pool = cfg.pool
     return ds.map_batches(
         GenerateWorker,
-        fn_constructor_kwargs=_worker_args(cfg),
+        fn_constructor_kwargs=_worker_args(cfg, board),
         batch_size=pool.batch_size,
         compute=ray.data.ActorPoolStrategy(size=pool.replicas),
         num_cpus=pool.num_cpus,
@@ -162,10 +190,11 @@ def _map_generate(ds: Any, cfg: GenerateConfig) -> Any:
     )
 
 
-def _run_serve(requests: list[Request], cfg: GenerateConfig) -> Iterator[list[Completion]]:
+def _run_serve(requests: list[Request], cfg: GenerateConfig, board: Any = None) -> Iterator[list[Completion]]:
     from ray import serve
 
-    handle = deploy(cfg)
+    # a kept (shared) pool outlives this stage's board, and new constructor args would redeploy it
+    handle = deploy(cfg, None if cfg.pool.keep_serving else board)
     try:
         yield from serve_requests(handle, requests, batch_size=cfg.pool.batch_size,
                                   in_flight=max(2, 2 * cfg.pool.replicas), max_retries=cfg.pool.max_retries)
@@ -174,7 +203,7 @@ def _run_serve(requests: list[Request], cfg: GenerateConfig) -> Iterator[list[Co
             serve.delete(cfg.pool.app_name)
 
 
-def deploy(cfg: GenerateConfig) -> Any:
+def deploy(cfg: GenerateConfig, board: Any = None) -> Any:
     """Start (or update) the Serve application for this config and return its handle."""
     from ray import serve
 
@@ -191,7 +220,7 @@ def deploy(cfg: GenerateConfig) -> Any:
         max_ongoing_requests=max(2, int(2 * pool.target_ongoing_requests)),
         ray_actor_options={"num_cpus": pool.num_cpus, "num_gpus": cfg.replica_gpus()},
     )
-    app = deployment.bind(**_worker_args(cfg))
+    app = deployment.bind(**_worker_args(cfg, board))
     return serve.run(app, name=pool.app_name, route_prefix=None)
 
 

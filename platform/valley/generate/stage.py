@@ -4,6 +4,10 @@ Outputs under `generate/<name>-<hash12>/`: `problems.parquet` (the selected prob
 for grading and breakdowns), `selection.json` (what the filters kept and dropped, and why),
 `samples/part-*.parquet` (schemas.SAMPLES) and `_SUCCESS` last. A re-run with the same config skips a
 finished stage and, after an interruption, generates only the (question_id, sample_idx) still missing.
+A pool that makes no progress (no replica loads, starts or finishes a batch, and no batch arrives) for the
+watchdog's limit fails the stage with `StallError` naming the phase and replica (`stall.json` records it);
+the limit is `pool.stall_timeout_s` where the config has it, else `$VALLEY_STALL_TIMEOUT_S`, else 600 s on
+CPU and 1800 s on GPU.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from valley.generate.pool import run_pool
 from valley.generate.prompts import render_prompt
 from valley.generate.writer import SAMPLES_DIR, SampleWriter, finished_keys
 from valley.storage import Storage
+from valley.watchdog import StallError, default_timeout, kill_registered, start_board, watch_iter
 
 STAGE = "generate"
+STALL_RECORD = "stall.json"
 
 
 class GenerateResult(BaseModel):
@@ -63,6 +69,38 @@ def render_prompts(cfg: GenerateConfig, problems: list[dict[str, Any]]) -> dict[
     return {p["question_id"]: render_prompt(tokenizer, p, cfg.system_prompt) for p in problems}
 
 
+def _watched_pool(requests: list[Request], cfg: GenerateConfig, storage: Storage, out: str) -> Any:
+    """`run_pool` under the stage watchdog: replicas beat on load and per batch; on a stall the replicas
+    are killed (a Serve app this stage started is deleted) and `StallError` is raised."""
+    import ray
+
+    if not requests:
+        return
+    # local mode may run without Ray: then only the batches arriving here count as progress
+    board = start_board() if ray.is_initialized() else None
+    pool = cfg.pool
+
+    def on_stall(err: StallError) -> None:
+        storage.write_json(err.record(), out, STALL_RECORD)
+        if pool.mode == "serve" and not pool.keep_serving:
+            from ray import serve
+
+            serve.delete(pool.app_name)
+        if board is not None:
+            kill_registered(board)
+
+    waiting = (f"waiting for {pool.replicas} {pool.mode} replica(s) of {cfg.backend} "
+               f"({pool.num_cpus} CPU, {cfg.replica_gpus():g} GPU each) to load {cfg.model}")
+    try:
+        yield from watch_iter(run_pool(requests, cfg, board), board, stage=f"generate {cfg.name}",
+                              timeout_s=default_timeout(cfg.replica_gpus() > 0, getattr(pool, "stall_timeout_s", None)),
+                              idle_phase="pool_start",
+                              idle_detail=waiting, on_stall=on_stall)
+    finally:
+        if board is not None:
+            ray.kill(board)
+
+
 def run_generate(cfg: GenerateConfig, storage: Storage) -> GenerateResult:
     started = time.perf_counter()
     cfg_hash = cfg.config_hash()
@@ -87,7 +125,7 @@ def run_generate(cfg: GenerateConfig, storage: Storage) -> GenerateResult:
                           expected=dict(expected), part_size=cfg.part_size)
     gen_started = time.perf_counter()
     try:
-        for completions in run_pool(requests, cfg):
+        for completions in _watched_pool(requests, cfg, storage, out):
             writer.add(completions)
     finally:
         writer.flush()  # finished problems reach disk even when the pool fails, so a re-run resumes

@@ -2,19 +2,23 @@
 
 Why a separate process: model code is hostile, so it runs only in children forked per test; this
 driver never executes it. The grader talks to the driver over stdin/stdout with one JSON object per
-line: a setup message (limits, uid), then per program `program` (compile), one `test` per input
-and `reset`. The driver answers each test with the raw result (stdout text or the returned value
-as JSON) and the grader compares it outside the sandbox, so a program cannot forge a pass by
-writing to the protocol. After every test the driver kills every process the program left behind
-(it is a child subreaper, so orphans come back to it); `reset` also empties the working directory,
-so the next program of the batch starts from a clean sandbox.
+line: a setup message (limits, uid), then per program `program` (compile, and run the first test
+when it carries an input), one `test` per further input and, optionally, `reset` (a new program
+resets by itself, which saves a round trip per sample). The driver answers each test with the raw
+result (stdout text or the returned value as JSON) and the grader compares it outside the sandbox,
+so a program cannot forge a pass by writing to the protocol. After every test the driver kills
+every process the program left behind (it is a child subreaper, so orphans come back to it);
+a reset also empties the working directory, so the next program starts from a clean sandbox.
+
+Time: the limit is the CPU time of the test's whole process tree (load does not change it), polled
+from /proc while the test runs; a looser wall-clock limit stops sleeping or blocked programs, and
+its answer says which limit fired so the grader can re-run such a test alone.
 """
 
-import ast
 import contextlib
 import ctypes
 import errno
-import io
+import gc
 import json
 import math
 import os
@@ -80,6 +84,40 @@ def descendants(root):
     return out
 
 
+def _direct_children(pid):
+    """Children of `pid` from /proc/<pid>/task/*/children (one small read per thread, not a /proc scan);
+    None where the kernel does not offer these files."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    kids = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            return None
+        except OSError:
+            continue
+    return kids
+
+
+def my_descendants():
+    """Descendants of the driver; orphans are re-parented to it (subreaper), so a walk of the children
+    files finds them all. Falls back to a /proc scan."""
+    me = os.getpid()
+    first = _direct_children(me)
+    if first is None:
+        return descendants(me)
+    out, todo = [], list(first)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += _direct_children(pid) or ()
+    return out
+
+
 def reap():
     while True:
         try:
@@ -92,9 +130,8 @@ def reap():
 
 def sweep():
     """SIGKILL every descendant until none is left (a fork loop may respawn for a few rounds)."""
-    me = os.getpid()
     for _ in range(200):
-        pids = descendants(me)
+        pids = my_descendants()
         if not pids:
             return
         for pid in pids:
@@ -104,259 +141,262 @@ def sweep():
         reap()
 
 
-# ---- lcb_runner's execution model ---------------------------------------------------------------
-# lcb_runner runs a stdin program as a function: a final `if __name__ == "__main__":` block is
-# unwrapped, top-level imports are hoisted and run once at load time (when sys.stdin/stdout are
-# not yet redirected), everything else becomes the body of `wrapped_function`, called per test with
-# sys.stdin replaced by the test input and sys.stdout captured in memory. Programs that depend on
-# the difference (`from sys import stdout` at top level, `global` in nested functions, writing to
-# sys.stdout.buffer) behave here as they do there, so verdicts and pass@1 stay comparable.
-def _is_main_guard(node):
-    t = node.test
-    return (isinstance(node, ast.If) and isinstance(t, ast.Compare) and isinstance(t.left, ast.Name)
-            and t.left.id == "__name__" and len(t.ops) == 1 and isinstance(t.ops[0], ast.Eq)
-            and len(t.comparators) == 1 and isinstance(t.comparators[0], ast.Constant)
-            and t.comparators[0].value == "__main__")
-
-
+# ---- how a program runs ------------------------------------------------------------------------
+# A stdin program runs as a plain `python program.py < input` would: `__name__ == "__main__"`, the
+# test input on file descriptor 0 (so sys.stdin, sys.stdin.buffer, open(0) and os.read(0, n) all
+# work), stdout on descriptor 1 (print, sys.stdout.buffer.write and os.write(1, ...) all land, in
+# order), non-daemon threads joined before the end. Semantics "lcb" adds what lcb_runner gives every
+# program: its prelude of star-imports (code that forgets an import still runs), a recursion limit
+# of 50,000, int<->str conversion up to 50,000 digits, and exit() ending the test normally.
+# lcb_runner's own in-memory stdin/stdout mocks are deliberately not reproduced: they fail correct
+# programs (no sys.stdout.buffer, stdin.buffer.readline repeating the first line), see README.
 def compile_program(cfg):
-    """Code objects to run per test: {"load": ..., "main": ...} (main absent for plain modules)."""
-    code = cfg["code"]
-    tree = ast.parse(code, "<solution>")
-    if cfg["mode"] != "stdin" or cfg.get("semantics", "lcb") != "lcb":
-        return {"load": compile(tree, "<solution>", "exec")}
-    body = list(tree.body)
-    if body and isinstance(body[-1], ast.If) and _is_main_guard(body[-1]):
-        body = body[:-1] + body[-1].body
-    imports = [n for n in body if isinstance(n, ast.Import | ast.ImportFrom)]
-    rest = [n for n in body if not isinstance(n, ast.Import | ast.ImportFrom)] or [ast.Pass()]
-    fn = ast.FunctionDef(name="wrapped_function", args=ast.arguments(
-        posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
-        body=rest, decorator_list=[], returns=None, type_comment=None, lineno=1, col_offset=0)
-    if "type_params" in ast.FunctionDef._fields:
-        fn.type_params = []
-    load = ast.fix_missing_locations(ast.Module(body=imports, type_ignores=[]))
-    main = ast.fix_missing_locations(ast.Module(body=[fn], type_ignores=[]))
-    return {"load": compile(load, "<solution>", "exec"), "main": compile(main, "<solution>", "exec")}
+    """The program's code object (compiled once per program, run once per test in a forked child)."""
+    return compile(cfg["code"], "<solution>", "exec")
 
 
-class LoadTimeStdin(io.StringIO):
-    """The process stdin lcb_runner's grader sees at load time: empty (a worker's /dev/null).
-
-    lcb_runner patches read/readline/readlines on *this* object while a test runs (before it swaps
-    sys.stdin for the test input), so code that bound it early (`from sys import stdin`, or the
-    prelude's `from sys import *`) reads lines without their newline through readline.
-    """
-
-    def __init__(self):
-        super().__init__("")
-        self.buffer = io.BytesIO(b"")
-
-    def serve(self, text):
-        lines = iter(text.split("\n"))
-        self.readline = lambda *args: next(lines)
-        self.readlines = lambda *args: text.split("\n")
-        self.read = lambda *args: text
+_PRELUDE_NAMES = {}  # filled by the driver before the first fork (prelude_names)
 
 
-class Captured(io.StringIO):
-    """In-memory stdout that refuses to grow past the output limit."""
+def prelude_names():
+    """The namespace lcb_runner's prelude leaves, computed once (saves re-running 36 imports per test)."""
+    import builtins
 
-    def __init__(self, limit):
-        super().__init__()
-        self.limit, self.size, self.overflow = limit, 0, False
-
-    def write(self, text):
-        self.size += len(text)
-        if self.size > self.limit:
-            self.overflow = True
-            raise OSError(errno.EFBIG, "output limit exceeded")
-        return super().write(text)
+    g = {"__builtins__": builtins}
+    exec(PRELUDE, g)
+    sys.setrecursionlimit(1000)  # the prelude raised it; only the program's process needs that
+    return g
 
 
-class Discard(io.StringIO):
-    """The process stdout at load time: not captured, so whatever is written there is lost."""
+def _join_threads():
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return
+    me = threading.current_thread()
+    for t in threading.enumerate():
+        if t is not me and not t.daemon:
+            t.join()
 
-    def __init__(self):
-        super().__init__()
-        self.buffer = io.BytesIO()
 
-    def write(self, text):
-        return len(text)
+def _execute(cfg, prog, status):
+    """Run the program once in this (child) process; fills `status`."""
+    import builtins
+
+    lcb = cfg.get("semantics", "lcb") == "lcb"
+    functional = cfg["mode"] == "functional"
+    g = {"__builtins__": builtins}
+    if lcb:  # the prelude's names, bound once in the driver; the streams `from sys import *` gave are this test's
+        g = dict(_PRELUDE_NAMES) if _PRELUDE_NAMES else g
+        if not _PRELUDE_NAMES:
+            exec(PRELUDE, g)
+        g.update(stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr)
+        sys.setrecursionlimit(50000)
+    g["__name__"] = "tmp_sol" if functional else "__main__"
+    if not functional:
+        exec(prog, g)
+        _join_threads()
+        return
+    args = [json.loads(line) for line in cfg["input"].split("\n")]
+    exec(prog, g)
+    target = g["Solution"]() if "class Solution" in cfg["code"] else None
+    method = getattr(target, cfg["fn_name"]) if target is not None else g[cfg["fn_name"]]
+    value = method(*args)
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        status["result"] = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        status["result"] = None
+        status["error"] = "returned value is not JSON-serialisable: " + repr(value)[:200]
 
 
-# ---- one test in a forked child -----------------------------------------------------------------
 def _limit_child(cfg):
     limit = cfg["max_output_bytes"] + 1
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     mem = cfg["memory_bytes"]
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    cpu = int(math.ceil(cfg["timeout_s"])) + 1
+    cpu = int(math.ceil(cfg["timeout_s"])) + 1  # a backstop: the driver stops the tree at timeout_s of CPU
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _execute(cfg, prog, test_input, status):
-    """Run the program once; fills `status` and returns the captured stdout text (or None)."""
-    import builtins
-
-    lcb = cfg.get("semantics", "lcb") == "lcb"
-    g = {"__name__": "tmp_sol" if lcb or cfg["mode"] == "functional" else "__main__", "__builtins__": builtins}
-    if not lcb and cfg["mode"] == "stdin":  # plain script: real file descriptors
-        exec(PRELUDE, g)
-        exec(prog["load"], g)
-        return None
-    load_stdin = LoadTimeStdin()
-    sys.stdin, sys.stdout = load_stdin, Discard()  # load time: no input, output goes nowhere
-    exec(PRELUDE, g)
-    if cfg["mode"] == "functional":
-        args = [json.loads(line) for line in test_input.split("\n")]
-        exec(prog["load"], g)
-        target = g["Solution"]() if "class Solution" in cfg["code"] else None
-        method = getattr(target, cfg["fn_name"]) if target is not None else g[cfg["fn_name"]]
-        value = method(*args)
-        if isinstance(value, tuple):
-            value = list(value)
-        try:
-            status["result"] = json.dumps(value)
-        except (TypeError, ValueError, RecursionError):
-            status["result"] = None
-            status["error"] = "returned value is not JSON-serialisable: " + repr(value)[:200]
-        return None
-    exec(prog["load"], g)
-    exec(prog["main"], g)
-    captured = Captured(cfg["max_output_bytes"])
-    # lcb_runner also mocks builtins.open, but the prelude's `from io import *` shadows it with the
-    # real open(), so `open(0)` reads the grader's own stdin, never the test input (empty here).
-    load_stdin.serve(test_input)
-    sys.stdin, sys.stdout = io.StringIO(test_input), captured
-    try:
-        g["wrapped_function"]()
-    except SystemExit:  # lcb_runner ends the test normally on exit()
-        pass
-    finally:
-        sys.stdout = sys.__stdout__
-        status["captured"] = captured
-    return captured.getvalue()
-
-
-def child(cfg, prog, test_input, tdir):
-    """Runs in the forked child: redirect stdio to files, apply limits, run the program, record status."""
+def child(cfg, prog, fds):
+    """Runs in the forked child: descriptors 0-3 = input, stdout, stderr, status; limits; run; report."""
     os.setsid()
-    lcb = cfg.get("semantics", "lcb") == "lcb"
-    fin = os.open("/dev/null" if lcb else f"{tdir}/in", os.O_RDONLY)  # lcb: input only via sys.stdin
-    fout = os.open(f"{tdir}/out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    ferr = os.open(f"{tdir}/err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    for src, dst in ((fin, 0), (fout, 1), (ferr, 2)):
+    for src, dst in zip(fds, (0, 1, 2, 3)):
         os.dup2(src, dst)
-    os.closerange(3, 65536)
+    os.closerange(4, 65536)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)  # as in a fresh interpreter: exceeding the output limit kills
     _limit_child(cfg)
-    stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
-    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    if cfg.get("semantics", "lcb") == "lcb" and hasattr(sys, "set_int_max_str_digits"):
+        sys.set_int_max_str_digits(50000)
+    stdout = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)  # noqa: SIM115
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)  # noqa: SIM115
     sys.stdout = sys.__stdout__ = stdout
-    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
+                                       closefd=False)
+    sys.argv = ["solution.py"]
     status = {"status": "ok"}
-    text = None
     try:
-        text = _execute(cfg, prog, test_input, status)
-    except SystemExit:  # lcb_runner treats exit() as a normal end of the program
+        _execute(cfg, prog, status)
+    except SystemExit:  # lcb_runner ends the test normally on exit(), whatever the code
         pass
     except MemoryError:
         status.update(status="memory", error="MemoryError")
     except BaseException as exc:  # the program's own error, whatever it is
         status.update(status="runtime_error", error="".join(
             traceback.format_exception_only(type(exc), exc))[-2000:])
-    captured = status.pop("captured", None)
-    if captured is not None:
-        text = captured.getvalue()
-        if captured.overflow:
-            status.update(status="output_limit", error="output limit exceeded")
-    try:
-        if text:
-            stdout.write(text)
-        for stream in (sys.stdout, stdout):
+    for stream in (sys.stdout, stdout, sys.stderr):
+        try:
             stream.flush()
-    except OSError as exc:
-        if exc.errno == errno.EFBIG:
-            status.update(status="output_limit", error="output limit exceeded")
-    except BaseException:
-        pass
-    try:
-        with open(f"{tdir}/status", "w", encoding="utf-8") as f:
-            f.write(json.dumps(status))
-    except OSError:
-        pass
+        except OSError as exc:
+            if exc.errno == errno.EFBIG:
+                status.update(status="output_limit", error="output limit exceeded")
+        except BaseException:
+            pass
+    with contextlib.suppress(BaseException):
+        os.write(3, json.dumps(status).encode("utf-8"))
     os._exit(0)
 
 
-def _read_bounded(path, limit):
+# ---- supervising one test ----------------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid):
+    """CPU seconds of `pid` and of its children it has reaped, from /proc (0 if it is gone)."""
     try:
-        with open(path, "rb") as f:
-            return f.read(limit + 1)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
     except OSError:
-        return b""
+        return 0.0
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return sum(int(x) for x in fields[11:15]) / _TICK  # utime stime cutime cstime
 
 
-def _wait(pid, timeout_s):
-    """Wait for `pid` at most `timeout_s`; returns (status, rusage) or None on timeout."""
-    deadline = time.monotonic() + timeout_s
+def _reaped_cpu():
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
+def tree_cpu(base):
+    """CPU of everything the current test started: live descendants of the driver (the only thing
+    running besides it) plus what the driver has reaped since the test began (`base`)."""
+    return sum(_proc_cpu(p) for p in my_descendants()) + _reaped_cpu() - base
+
+
+def _supervise(pid, cfg, base):
+    """Wait for the child; ("exit", status), ("cpu", None) or ("wall", None) when a limit fired."""
+    cpu_limit, wall_limit = cfg["timeout_s"], cfg["wall_timeout_s"]
+    start = time.monotonic()
     pidfd = None
     with contextlib.suppress(AttributeError, OSError):
         pidfd = os.pidfd_open(pid)
     try:
+        step = 0.02
         while True:
-            got, status, usage = os.wait4(pid, os.WNOHANG)
+            got, status = os.waitpid(pid, os.WNOHANG)
             if got == pid:
-                return status, usage
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
+                return "exit", status
+            wall = time.monotonic() - start
+            if wall >= wall_limit:
+                return "wall", None
+            cpu_left = cpu_limit
+            if wall >= 0.05:
+                cpu_left = cpu_limit - tree_cpu(base)
+                if cpu_left <= 0:
+                    return "cpu", None
+            wait = max(0.002, min(step, wall_limit - wall, cpu_left))
             if pidfd is not None:
-                select.select([pidfd], [], [], left)
+                select.select([pidfd], [], [], wait)
             else:
-                time.sleep(min(left, 0.005))
+                time.sleep(min(wait, 0.005))
+            step = min(step * 2, 0.1)
     finally:
         if pidfd is not None:
             os.close(pidfd)
 
 
-def run_test(cfg, code_obj, index, test_input):
-    tdir = f"{cfg['workdir']}/t{index}"
-    os.mkdir(tdir, 0o700)
-    with open(f"{tdir}/in", "w", encoding="utf-8") as f:
-        f.write(test_input)
+def _memfd(name, data=b""):
+    fd = os.memfd_create(name, 0) if hasattr(os, "memfd_create") else _tmpfile(name)
+    if data:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _tmpfile(name):
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix=name)
+    os.unlink(path)
+    return fd
+
+
+def _read_fd(fd, limit):
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def run_test(cfg, prog, test_input):
+    """Fork, run the program on `test_input` under the limits, and describe what happened."""
+    fds = [_memfd("in", test_input.encode("utf-8", "surrogateescape")), _memfd("out"), _memfd("err"),
+           _memfd("status")]
+    try:
+        return _run_test(cfg, prog, test_input, fds)
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _run_test(cfg, prog, test_input, fds):
+    base = _reaped_cpu()
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
         try:
-            child(cfg, code_obj, test_input, tdir)
+            child({**cfg, "input": test_input}, prog, fds)
         finally:
             os._exit(70)
-    waited = _wait(pid, cfg["timeout_s"])
+    how, status = _supervise(pid, cfg, base)
     wall = time.monotonic() - start
-    if waited is None:
+    if how != "exit":
         for kill in (os.killpg, os.kill):  # the group, and the child itself in case it never got to setsid()
             with contextlib.suppress(OSError):
                 kill(pid, signal.SIGKILL)
-        _, status, usage = os.wait4(pid, 0)
-        sweep()
-        return {"status": "timeout", "error": f"exceeded {cfg['timeout_s']} s wall clock",
-                "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
-    status, usage = waited
+        _, status = os.waitpid(pid, 0)
     sweep()
-    cpu = usage.ru_utime + usage.ru_stime
+    cpu = _reaped_cpu() - base
     out = {"wall_s": wall, "cpu_s": cpu}
+    if how == "wall" and cpu < cfg["timeout_s"]:
+        return {**out, "status": "timeout", "limit": "wall",
+                "error": f"exceeded the {cfg['wall_timeout_s']:g} s wall-clock backstop "
+                         f"after {cpu:.2f} s of CPU"}
+    if how != "exit" or cpu > cfg["timeout_s"]:
+        return {**out, "status": "timeout", "limit": "cpu",
+                "error": f"exceeded {cfg['timeout_s']:g} s of CPU time"}
     limit = cfg["max_output_bytes"]
-    raw = _read_bounded(f"{tdir}/status", limit + 65536)
+    raw = _read_fd(fds[3], 65536 + limit)
     try:
         st = json.loads(raw.decode("utf-8")) if raw else None
     except ValueError:
         st = None
-    stdout = _read_bounded(f"{tdir}/out", limit)
+    stdout = _read_fd(fds[1], limit)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= cfg["timeout_s"]):
-            out.update(status="timeout", error=f"CPU limit ({signal.Signals(sig).name})")
+        if sig == signal.SIGXCPU:
+            out.update(status="timeout", limit="cpu", error=f"CPU limit ({signal.Signals(sig).name})")
         elif sig == signal.SIGXFSZ:
             out.update(status="output_limit", error="output limit exceeded")
         else:
@@ -368,16 +408,12 @@ def run_test(cfg, code_obj, index, test_input):
         out.update({k: st[k] for k in ("status", "error", "result") if k in st})
     if len(stdout) > limit and out["status"] == "ok":
         out.update(status="output_limit", error="output limit exceeded")
-    err = _read_bounded(f"{tdir}/err", 4096)
-    if out["status"] != "ok" and err:
-        out["stderr"] = err[-2000:].decode("utf-8", "replace")
+    if out["status"] != "ok":
+        err = _read_fd(fds[2], 4096)
+        if err:
+            out["stderr"] = err[-2000:].decode("utf-8", "replace")
     if cfg["mode"] == "stdin":
         out["stdout"] = stdout[:limit].decode("utf-8", "replace")
-    for name in ("in", "out", "err", "status"):
-        with contextlib.suppress(OSError):
-            os.unlink(f"{tdir}/{name}")
-    with contextlib.suppress(OSError):
-        os.rmdir(tdir)
     return out
 
 
@@ -393,27 +429,41 @@ def wipe(workdir):
 
 
 def main():
-    """Protocol: setup, then for each program `program` (compile), `test`s, `reset` (sweep + wipe)."""
+    """Protocol: setup, then per program `program` (reset, compile, maybe test 0), `test`s, `reset`."""
     setup = receive()
+    setup.setdefault("wall_timeout_s", 3 * setup["timeout_s"])
+    if setup.get("site_dir"):  # the read-only third-party environment (numpy, ...)
+        sys.path.append(setup["site_dir"])
     # Imported before the uid drop: without bwrap's view of the filesystem, later imports may lack access.
     for mod in PRELUDE_MODULES + (EXTRA_PRELOAD if setup.get("preload_all") else ()):
         __import__(mod)
+    if setup.get("preload_all") and setup.get("site_dir"):  # the environment may be unreadable after the drop
+        for name in sorted(os.listdir(setup["site_dir"])):
+            if os.path.exists(os.path.join(setup["site_dir"], name, "__init__.py")):
+                with contextlib.suppress(Exception):
+                    __import__(name)
     if setup.get("drop_uid") is not None:
         os.setgroups([])
         os.setgid(setup["drop_uid"])
         os.setuid(setup["drop_uid"])
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_DUMPABLE, 0)
+    _PRELUDE_NAMES.update(prelude_names())
+    gc.freeze()  # forked children then never touch (copy) the driver's objects when they collect
     nproc = setup["nproc"]
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     send({"status": "ready"})
-    cfg, prog, index = None, None, 0
+    cfg, prog, dirty = None, None, False
     while True:
         msg = receive()
         if msg is None:
             break
         op = msg.get("op")
         if op == "program":
+            if dirty:
+                sweep()
+                wipe(setup["workdir"])
+            dirty = True
             cfg = {**setup, "code": msg["code"], "mode": msg["mode"], "fn_name": msg.get("fn_name")}
             try:
                 prog = compile_program(cfg)
@@ -422,14 +472,13 @@ def main():
                 send({"status": "syntax_error",
                       "error": "".join(traceback.format_exception_only(type(exc), exc))[-2000:]})
                 continue
-            send({"status": "ready"})
+            send(run_test(cfg, prog, msg["input"]) if "input" in msg else {"status": "ready"})
         elif op == "test" and prog is not None:
-            send(run_test(cfg, prog, index, msg["input"]))
-            index += 1
+            send(run_test(cfg, prog, msg["input"]))
         elif op == "reset":
             sweep()
             wipe(setup["workdir"])
-            cfg, prog = None, None
+            cfg, prog, dirty = None, None, False
             send({"status": "clean"})
         else:
             send({"status": "protocol_error", "error": f"unexpected message {op!r}"})

@@ -61,7 +61,7 @@ def run_label(cfg: LabelConfig, storage: Storage) -> LabelResult:
     tdir, vdir = f"{sdir}/traces", f"{sdir}/verdicts"
     if storage.is_complete(sdir, h):
         return LabelResult(**storage.success_summary(sdir), skipped=True)
-    check_sandbox(cfg.sandbox, cfg.bwrap_path)
+    check_sandbox(cfg.sandbox, cfg.bwrap_path, cfg.sandbox_packages)
 
     traces = read_table(storage, cfg.traces)
     require_columns(traces, ["id", "question_id", "response"], file=cfg.traces)
@@ -87,14 +87,17 @@ def run_label(cfg: LabelConfig, storage: Storage) -> LabelResult:
     items.sort(key=lambda it: it.spec_id)
     run_batches(storage, vdir, plan_batches(items, cfg.batch_size), specs, cfg.limits(), sandbox=cfg.sandbox,
                 bwrap=cfg.bwrap_path, schema=LABEL_VERDICTS, num_cpus=cfg.num_cpus_per_task,
-                resources=cfg.task_resources, max_in_flight=cfg.max_in_flight, max_retries=cfg.max_retries)
+                resources=cfg.task_resources, max_in_flight=cfg.max_in_flight, max_retries=cfg.max_retries,
+                stall_timeout_s=cfg.stall_timeout_s)
     verdict_of: dict[str, str] = {}
     if items:
         vt = storage.read_parquet(vdir, columns=["id", "verdict"])
         verdict_of = dict(zip(vt.column("id").to_pylist(), vt.column("verdict").to_pylist()))
     if len(verdict_of) != len(items):
         raise RuntimeError(f"label verdicts hold {len(verdict_of)} traces for {len(items)} in {vdir}")
-    correct = [None if i not in verdict_of else verdict_of[i] == "pass" for i in ids]
+    # a grader_error is no verdict on the trace: `correct` stays null, like a trace without tests
+    correct = [None if verdict_of.get(i, "grader_error") == "grader_error" else verdict_of[i] == "pass"
+               for i in ids]
     if "correct" in traces.column_names:
         traces = traces.drop_columns(["correct"])
     labelled = conform(traces.append_column("correct", pa.array(correct, pa.bool_())), schemas.TRACES)
@@ -105,7 +108,8 @@ def run_label(cfg: LabelConfig, storage: Storage) -> LabelResult:
     n_true = int(pc.sum(pc.cast(labelled.column("correct"), pa.int64())).as_py() or 0)
     counts = Counter(verdict_of.values())
     result = LabelResult(stage_dir=sdir, traces_dir=tdir, verdicts_dir=vdir, traces=labelled.num_rows,
-                         correct=n_true, incorrect=len(items) - n_true, no_tests=labelled.num_rows - len(items),
+                         correct=n_true, incorrect=len(items) - n_true - counts.get("grader_error", 0),
+                         no_tests=labelled.num_rows - len(items),
                          counts=dict(counts))
     storage.mark_success(sdir, h, result.model_dump(exclude={"skipped"}))
     return result

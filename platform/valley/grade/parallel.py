@@ -4,13 +4,21 @@ A batch's part file is named from the hash of its keys, so a batch retried after
 (Ray re-runs it) or re-run after a crash of the driver overwrites the same file instead of adding
 a second copy; parts already on disk are skipped on resume. Only the driver writes parts, and only
 from a task's successful return, so nothing is counted twice.
+
+Two phases: every batch at full concurrency, then the samples whose verdict may be the host's fault
+(a wall-clock kill with CPU time under the limit, or a grader_error) re-run one at a time with
+nothing else of the stage running, their parts rewritten with `rerun_alone` set. A watchdog fails
+the stage, naming the phase and the batches in flight, when no batch completes for `stall_timeout_s`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +33,16 @@ from valley.grade.sandbox import Limits, SandboxError
 from valley.storage import Storage
 
 log = logging.getLogger(__name__)
+
+# Columns every verdict part gets besides the caller's schema.
+EXTRA_FIELDS = (pa.field("cpu_s", pa.float64()), pa.field("needs_rerun", pa.bool_()),
+                pa.field("rerun_alone", pa.bool_()))
+WARM_IDLE_S = 2.0  # a worker's warm sandbox is closed after this long without a batch
+RERUN_WALL_FACTOR = 10.0  # wall-clock backstop of a re-run alone, in multiples of the CPU limit
+
+
+class StageStalledError(RuntimeError):
+    """No batch completed within the stall timeout (the message names the phase and the batches)."""
 
 
 @dataclass(frozen=True)
@@ -52,16 +70,49 @@ def plan_batches(items: Sequence[Item], batch_size: int) -> list[Batch]:
     return batches
 
 
+# ---- in the Ray worker: one warm sandbox per worker process, reused by its successive batches ----
+_warm_lock = threading.Lock()
+_warm: dict[str, object] = {"key": None, "grader": None, "used": 0.0}
+
+
+def _close_if_idle() -> None:
+    with _warm_lock:
+        grader = _warm["grader"]
+        if grader is not None and time.monotonic() - float(_warm["used"]) >= WARM_IDLE_S:  # type: ignore[arg-type]
+            grader.close()  # type: ignore[attr-defined]
+            _warm.update(key=None, grader=None)
+
+
+def _warm_grader(limits: Limits, sandbox: str, bwrap: str | None) -> Grader:
+    """The worker's grader for these settings (its sandbox survives between batches). Call with the lock."""
+    key = repr((limits, sandbox, bwrap))
+    if _warm["key"] != key:
+        if _warm["grader"] is not None:
+            _warm["grader"].close()  # type: ignore[attr-defined]
+        _warm.update(key=key, grader=Grader(limits, sandbox=sandbox, bwrap=bwrap))
+    return _warm["grader"]  # type: ignore[return-value]
+
+
 def grade_batch(items: list[Item], specs: dict[str, TestSpec], limits: Limits, sandbox: str,
-                bwrap: str | None, per_test: bool) -> tuple[list[dict], list[dict]]:
+                bwrap: str | None, per_test: bool, alone: bool = False) -> tuple[list[dict], list[dict]]:
     """Grade a batch sequentially in this process (one sandbox at a time = one CPU)."""
     rows, test_rows = [], []
-    with Grader(limits, sandbox=sandbox, bwrap=bwrap) as grader:
-        grades = [grader.grade(extract_code(it.response), specs[it.spec_id]) for it in items]
+    if alone:  # the re-run decides: a program that keeps making progress gets time to reach its CPU limit
+        limits = dataclasses.replace(limits, wall_timeout_s=max(limits.wall_s, RERUN_WALL_FACTOR * limits.timeout_s))
+    with _warm_lock:
+        grader = _warm_grader(limits, sandbox, bwrap)
+        try:
+            grades = [grader.grade(extract_code(it.response), specs[it.spec_id]) for it in items]
+        finally:
+            _warm["used"] = time.monotonic()
+    timer = threading.Timer(WARM_IDLE_S + 0.05, _close_if_idle)
+    timer.daemon = True
+    timer.start()
     for it, g in zip(items, grades):
         key = dict(it.key)
         rows.append({**key, "verdict": g.verdict, "passed_tests": g.passed, "total_tests": g.total,
-                     "first_failure": g.failure_json(), "runtime_s": g.runtime_s, "cpu_s": g.cpu_s})
+                     "first_failure": g.failure_json(), "runtime_s": g.runtime_s, "cpu_s": g.cpu_s,
+                     "needs_rerun": g.needs_rerun and not alone, "rerun_alone": alone})
         if per_test:
             test_rows += [{**key, "test_idx": t.index, "verdict": t.status, "wall_s": t.wall_s, "cpu_s": t.cpu_s}
                           for t in g.tests]
@@ -77,7 +128,56 @@ class RunStats:
     skipped_batches: int = 0
     graded: int = 0
     seconds: float = 0.0
+    reruns_alone: int = 0  # samples re-run alone after a wall-clock kill or a grader error
     parts: list[str] = field(default_factory=list)
+
+
+def with_extra_fields(schema: pa.Schema) -> pa.Schema:
+    for f in EXTRA_FIELDS:
+        if f.name not in schema.names:
+            schema = schema.append(f)
+    return schema
+
+
+def _result(ref: ray.ObjectRef, b: Batch) -> tuple[list[dict], list[dict]]:
+    """A batch's rows; a batch whose worker kept dying (retries exhausted) gets grader_error rows,
+    flagged for the re-run phase, instead of failing the stage or blaming the programs."""
+    try:
+        return ray.get(ref)
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+            ray.exceptions.ObjectLostError) as exc:
+        log.warning("batch %s failed on the grader's side (%s); its samples get grader_error", b.name,
+                    type(exc).__name__)
+        error = json.dumps({"test": None, "error": f"grading task failed: {str(exc)[-500:]}"})
+        return [{**dict(it.key), "verdict": "grader_error", "passed_tests": 0, "total_tests": None,
+                 "first_failure": error, "runtime_s": 0.0, "cpu_s": 0.0, "needs_rerun": True,
+                 "rerun_alone": False} for it in b.items], []
+
+
+def _stalled(phase: str, stall_s: float, pending: dict) -> StageStalledError:
+    batches = sorted(b.name for b in pending.values())
+    where = _task_places(pending)
+    for ref in pending:  # their workers (and sandboxes, which die with them) must not linger
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
+    return StageStalledError(
+        f"no batch completed for {stall_s:.0f} s in phase {phase!r}; {len(batches)} in flight: "
+        f"{', '.join(batches[:8])}{' ...' if len(batches) > 8 else ''}{'; ' + where if where else ''} "
+        "(raise stall_timeout_s if batches are legitimately this slow)")
+
+
+def _task_places(pending: dict) -> str:
+    """Worker pid and node of the stuck tasks, when Ray's state API can tell (it needs the dashboard)."""
+    try:
+        from ray.util.state import list_tasks
+
+        ids = {ref.task_id().hex(): b.name for ref, b in pending.items()}
+        found = [f"{ids[t.task_id]} on worker pid {t.worker_pid} node {str(t.node_id)[:8]}"
+                 for t in list_tasks(filters=[("state", "=", "RUNNING")], timeout=5, raise_on_missing_output=False)
+                 if t.task_id in ids]
+        return "; ".join(found)
+    except Exception:  # state API unavailable (no dashboard): the batch names have to do
+        return ""
 
 
 def run_batches(
@@ -97,38 +197,87 @@ def run_batches(
     tests_dir: str | None = None,
     tests_schema: pa.Schema | None = None,
     on_part: Callable[[str, int], None] | None = None,
+    stall_timeout_s: float = 900.0,
 ) -> RunStats:
-    """Grade every batch whose part is not on disk yet, writing each part as its task finishes."""
+    """Grade every batch whose part is not on disk yet, writing each part as its task finishes; then
+    re-run alone the samples that need it."""
     t0 = time.monotonic()
     stats = RunStats(batches=len(batches), parts=[b.name for b in batches])
-    todo = []
+    todo, check = [], set()  # `check`: parts that may hold samples flagged for a re-run alone
     for b in batches:
         if storage.exists(out_dir, b.name):
             stats.skipped_batches += 1
+            check.add(b.name)
         else:
             todo.append(b)
-    # A worker that dies is retried by Ray; so is a batch whose sandbox could not start (host overload).
+    schema = with_extra_fields(schema)
+    # A worker that dies is retried by Ray (so is a task that raised SandboxError, kept for safety).
     task = _grade_batch_task.options(num_cpus=num_cpus, resources=resources or {}, max_retries=max_retries,
                                      retry_exceptions=[SandboxError])
+    per_test = tests_dir is not None and tests_schema is not None
+
+    def write(b: Batch, rows: list[dict], test_rows: list[dict]) -> None:
+        if per_test:
+            storage.write_parquet(pa.Table.from_pylist(test_rows, schema=tests_schema), tests_dir, b.name)
+        # The verdict part is written last: its presence is what marks the batch finished.
+        storage.write_parquet(pa.Table.from_pylist(rows, schema=schema), out_dir, b.name)
+
+    def submit(items: list[Item], alone: bool = False) -> ray.ObjectRef:
+        needed = {it.spec_id: specs[it.spec_id] for it in items}
+        return task.remote(items, needed, limits, sandbox, bwrap, per_test, alone)
+
     pending: dict[ray.ObjectRef, Batch] = {}
     queue = list(reversed(todo))
+    last = time.monotonic()
     while queue or pending:
         while queue and len(pending) < max_in_flight:
             b = queue.pop()
-            needed = {it.spec_id: specs[it.spec_id] for it in b.items}
-            ref = task.remote(b.items, needed, limits, sandbox, bwrap, tests_dir is not None)
-            pending[ref] = b
-        done, _ = ray.wait(list(pending), num_returns=1)
+            pending[submit(b.items)] = b
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, last + stall_timeout_s - time.monotonic()))
+        if not done:
+            raise _stalled("grading batches", stall_timeout_s, pending)
+        last = time.monotonic()
         for ref in done:
             b = pending.pop(ref)
-            rows, test_rows = ray.get(ref)
-            if tests_dir is not None and tests_schema is not None:
-                storage.write_parquet(pa.Table.from_pylist(test_rows, schema=tests_schema), tests_dir, b.name)
-            # The verdict part is written last: its presence is what marks the batch finished.
-            storage.write_parquet(pa.Table.from_pylist(rows, schema=_with_cpu(schema)), out_dir, b.name)
+            rows, test_rows = _result(ref, b)
+            write(b, rows, test_rows)
+            if any(r["needs_rerun"] for r in rows):
+                check.add(b.name)
             stats.graded += len(rows)
             if on_part:
                 on_part(b.name, len(rows))
+
+    # Phase 2: flagged samples one batch at a time, nothing else of ours running; a part is rewritten
+    # only once its re-runs are done, so a crash here resumes here.
+    for b in batches:
+        if b.name not in check:
+            continue
+        part = storage.read_parquet(out_dir, b.name)
+        flags = part.column("needs_rerun").to_pylist() if "needs_rerun" in part.column_names else []
+        if not any(flags):
+            continue
+        rows = part.to_pylist()
+        by_key = {it.key: it for it in b.items}
+        flagged = [i for i, f in enumerate(flags) if f]
+        items = [by_key[tuple((k, rows[i][k]) for k, _ in b.items[0].key)] for i in flagged]
+        log.info("re-running %d sample(s) of %s alone (wall-clock kill under the CPU limit, or grader error)",
+                 len(items), b.name)
+        ref = submit(items, alone=True)
+        done, _ = ray.wait([ref], timeout=stall_timeout_s)
+        if not done:
+            raise _stalled("re-running samples alone", stall_timeout_s, {ref: b})
+        new_rows, new_tests = _result(ref, Batch(b.name, items))
+        for i, row in zip(flagged, new_rows):
+            rows[i] = row
+        test_rows = []
+        if per_test:
+            rerun_keys = {it.key for it in items}
+            old = storage.read_parquet(tests_dir, b.name).to_pylist() if storage.exists(tests_dir, b.name) else []
+            test_rows = [t for t in old if tuple((k, t[k]) for k, _ in b.items[0].key) not in rerun_keys]
+            test_rows += new_tests
+        write(b, rows, test_rows)
+        stats.reruns_alone += len(items)
+
     expected = set(stats.parts)
     for d in (out_dir, tests_dir):
         if d is None:
@@ -138,9 +287,3 @@ def run_batches(
                 storage.remove(d, name)
     stats.seconds = time.monotonic() - t0
     return stats
-
-
-def _with_cpu(schema: pa.Schema) -> pa.Schema:
-    if "cpu_s" in schema.names:
-        return schema
-    return schema.append(pa.field("cpu_s", pa.float64()))

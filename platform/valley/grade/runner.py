@@ -1,7 +1,8 @@
 """Grade one program against one problem's tests: sandbox outcomes + comparison -> a verdict.
 
 lcb_runner semantics: tests run in order and grading stops at the first failing test; a program
-that does not compile fails every test. Comparison happens here, outside the sandbox.
+that does not compile fails every test. Comparison happens here, outside the sandbox. Verdict
+`grader_error` (not a model failure) marks samples the grader could not run.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from valley.errors import SandboxUnavailableError
 from valley.grade.compare import compare_stdout, compare_stdout_taco, compare_value, truncate
 from valley.grade.extract import extract_code
 from valley.grade.formats import FUNCTIONAL, TestSpec
 from valley.grade.sandbox import Limits, Sandbox, SandboxError
+from valley.grade.sandbox_env import SandboxEnvError
 
 # Harness status -> verdict when a test did not complete normally.
 STATUS_VERDICT = {
@@ -43,9 +46,17 @@ class Grade:
     runtime_s: float = 0.0
     cpu_s: float = 0.0
     tests: list[TestResult] = field(default_factory=list)
+    # set when the verdict may be the host's fault (a wall-clock kill while the program's CPU time was
+    # under the limit, or a grader_error): the stage re-runs the sample alone before it is final
+    needs_rerun: bool = False
+    rerun_alone: bool = False  # this grade comes from such a re-run
 
     def failure_json(self) -> str | None:
         return None if self.first_failure is None else json.dumps(self.first_failure)
+
+
+class DriverDied(Exception):
+    """The sandbox driver went away while running a program."""
 
 
 def _check(spec: TestSpec, i: int, outcome: dict) -> tuple[bool, str]:
@@ -59,7 +70,12 @@ def _check(spec: TestSpec, i: int, outcome: dict) -> tuple[bool, str]:
 
 
 class Grader:
-    """Grades programs one after another in one sandbox, replacing it when a program broke it."""
+    """Grades programs one after another in one warm sandbox, replacing it when a program broke it.
+
+    Failures of the grader itself never become a model failure: a sandbox that cannot start gives
+    the verdict `grader_error` (retried by the stage); a driver that dies under a program is
+    replaced and the program graded once more, and only a program that kills it again is failed.
+    """
 
     def __init__(self, limits: Limits, *, sandbox: str = "bwrap", bwrap: str | None = None):
         self.limits, self.kind, self.bwrap = limits, sandbox, bwrap
@@ -79,7 +95,7 @@ class Grader:
 
     def _sandbox(self) -> Sandbox:
         """A live sandbox. Start-up runs none of the program, so failing there is the host's fault
-        (overload, no pids left): retried once, then raised rather than recorded as a verdict."""
+        (overload, no pids left): retried once, then raised."""
         if self._box is not None and self._box.alive:
             return self._box
         self.close()
@@ -87,10 +103,10 @@ class Grader:
             box = Sandbox(self.limits, kind=self.kind, bwrap=self.bwrap)
             try:
                 box.start()
-            except SandboxError:
+            except (SandboxError, SandboxUnavailableError, SandboxEnvError, OSError) as exc:
                 box.close()
                 if attempt == 1:
-                    raise
+                    raise SandboxError(str(exc)) from exc
                 continue
             self._box = box
             self.sandboxes_started += 1
@@ -105,31 +121,30 @@ class Grader:
             return Grade("no_code", 0, total)
         if total == 0:
             return Grade("pass", 0, 0)
-        box = self._sandbox()
-        try:
-            ready = box.load(code, spec.mode, spec.fn_name)
-        except SandboxError:
-            self.close()  # died between programs: start afresh once
-            box = self._sandbox()
-            ready = box.load(code, spec.mode, spec.fn_name)
-        if ready.get("status") == "syntax_error":
-            return Grade("syntax_error", 0, total, {"test": None, "error": ready.get("error", "")})
-        grade = self._run_tests(box, spec)
-        try:
-            if self._box is not box:
-                raise SandboxError("sandbox was closed")
-            box.reset()
-        except SandboxError:
-            self.close()  # the program took the driver down with it; the next one gets a new sandbox
-        return grade
+        died = ""
+        for attempt in range(2):
+            try:
+                box = self._sandbox()
+            except SandboxError as exc:
+                return Grade("grader_error", 0, total, {"test": None, "error": f"sandbox could not start: {exc}"},
+                             needs_rerun=True)
+            try:
+                return self._run_tests(box, code, spec)
+            except DriverDied as exc:
+                self.close()
+                died = f"{exc} (twice: the program kills the sandbox driver)" if attempt else str(exc)
+        return Grade("runtime_error", 0, total, {"test": None, "verdict": "runtime_error", "error": died})
 
-    def _run_tests(self, box: Sandbox, spec: TestSpec) -> Grade:
+    def _run_tests(self, box: Sandbox, code: str, spec: TestSpec) -> Grade:
         grade = Grade("pass", 0, len(spec))
         for i, test_input in enumerate(spec.inputs):
             try:
-                outcome = box.run(test_input)
+                outcome = (box.load_and_run(code, spec.mode, spec.fn_name, test_input) if i == 0
+                           else box.run(test_input))
             except SandboxError as exc:
-                outcome = {"status": "runtime_error", "error": str(exc)}
+                raise DriverDied(f"sandbox driver died at test {i}: {exc}") from exc
+            if outcome.get("status") == "syntax_error":
+                return Grade("syntax_error", 0, len(spec), {"test": None, "error": outcome.get("error", "")})
             wall, cpu = float(outcome.get("wall_s", 0.0)), float(outcome.get("cpu_s", 0.0))
             grade.runtime_s += wall
             grade.cpu_s += cpu
@@ -151,10 +166,11 @@ class Grader:
                 "input": truncate(test_input), "expected": truncate(spec.outputs[i]),
                 "output": None if got is None else truncate(got),
             }
+            if outcome.get("limit"):
+                grade.first_failure["limit"] = outcome["limit"]
+                grade.needs_rerun = outcome["limit"] == "wall"
             if outcome.get("stderr"):
                 grade.first_failure["stderr"] = truncate(outcome["stderr"])
-            if not box.alive:
-                self.close()
             break
         return grade
 

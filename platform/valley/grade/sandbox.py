@@ -29,11 +29,16 @@ from typing import Any
 
 from valley.errors import SandboxUnavailableError
 from valley.grade.harness import descendants  # stdlib-only, importable without side effects
+from valley.grade.sandbox_env import DEFAULT_PACKAGES, ensure_env
 
 log = logging.getLogger(__name__)
 
 HARNESS = Path(__file__).with_name("harness.py")
 IN_SANDBOX_HARNESS = "/sandbox/harness.py"
+IN_SANDBOX_SITE = "/sandbox/site"
+# numerical libraries must not start a thread per core: their CPU would count against the program
+# and their threads against its process limit
+THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/sbin")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 UID_BASE = 1_000_000  # sandbox uids are UID_BASE + pid of the sandbox: unique while it runs
@@ -43,8 +48,10 @@ UID_BASE = 1_000_000  # sandbox uids are UID_BASE + pid of the sandbox: unique w
 class Limits:
     """Per-test resource limits (LCB's grader uses a 6 s timeout) and how programs are run.
 
-    semantics "lcb" reproduces lcb_runner's execution model for stdin programs (see harness.py);
-    "script" runs them as plain scripts on real file descriptors.
+    `timeout_s` is CPU time of the test's process tree (independent of machine load);
+    `wall_timeout_s` (default 3 x timeout_s) stops sleeping or blocked programs. Semantics "lcb"
+    gives programs lcb_runner's prelude and limits (see harness.py); "script" runs them bare.
+    `sandbox_packages` is the third-party environment programs may import (sandbox_env.py).
     """
 
     timeout_s: float = 6.0
@@ -53,6 +60,12 @@ class Limits:
     nproc: int = 64
     tmpfs_mb: int = 256
     semantics: str = "lcb"
+    wall_timeout_s: float | None = None
+    sandbox_packages: tuple[str, ...] = DEFAULT_PACKAGES
+
+    @property
+    def wall_s(self) -> float:
+        return self.wall_timeout_s if self.wall_timeout_s is not None else 3.0 * self.timeout_s
 
 
 def find_bwrap() -> str | None:
@@ -90,11 +103,16 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def bwrap_command(bwrap: str, limits: Limits, interp: Interpreter) -> list[str]:
-    """The bwrap argv that starts the harness; pure, so tests can read what isolation is asked for."""
+def bwrap_command(bwrap: str, limits: Limits, interp: Interpreter, site: str | None = None) -> list[str]:
+    """The bwrap argv that starts the harness; pure, so tests can read what isolation is asked for.
+
+    `site` (the sandbox environment, see sandbox_env.py) is mounted read-only at /sandbox/site.
+    """
     cmd = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--new-session", "--hostname", "sandbox", "--clearenv",
            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8"]
+    for k, v in THREAD_ENV.items():
+        cmd += ["--setenv", k, v]
     if _is_root():
         # No user namespace for root (it would map to uid 0 again); the harness drops to its own uid.
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
@@ -109,6 +127,9 @@ def bwrap_command(bwrap: str, limits: Limits, interp: Interpreter) -> list[str]:
         for i in range(2, len(parts)):  # make the parents traversable after the uid drop
             cmd += ["--perms", "0755", "--dir", str(Path(*parts[:i]))]
         cmd += ["--ro-bind", interp.prefix, interp.prefix]
+    cmd += ["--perms", "0755", "--dir", "/sandbox"]  # traversable after the driver drops its uid
+    if site:
+        cmd += ["--ro-bind", site, IN_SANDBOX_SITE]
     cmd += ["--ro-bind", str(HARNESS), IN_SANDBOX_HARNESS, "--proc", "/proc", "--dev", "/dev",
             "--perms", "1777", "--size", str(limits.tmpfs_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp",
             interp.executable, "-I", "-S", "-B", IN_SANDBOX_HARNESS]
@@ -188,24 +209,27 @@ class Sandbox:
     def start(self) -> None:
         """Launch the driver (raises SandboxError if it does not come up)."""
         interp = interpreter()
+        site = ensure_env(self.limits.sandbox_packages)
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 - handed to Popen, closed below
+        env = None
         if self.kind == "bwrap":
-            cmd = bwrap_command(check_bwrap(self.bwrap or find_bwrap()), self.limits, interp)
-            workdir = "/tmp"
-            cwd = None
+            cmd = bwrap_command(check_bwrap(self.bwrap or find_bwrap()), self.limits, interp, site)
+            workdir, cwd, site_dir = "/tmp", None, (IN_SANDBOX_SITE if site else None)
         else:
             self._workdir = cwd = tempfile.mkdtemp(prefix="valley-grade-")
             cmd = [interp.executable, "-I", "-S", "-B", str(HARNESS)]
-            workdir = cwd
+            workdir, site_dir = cwd, site
+            env = {"PATH": "/usr/bin:/bin", "HOME": cwd, "LANG": "C.UTF-8", **THREAD_ENV}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=cwd,
-                                     start_new_session=True, close_fds=True)
+                                     start_new_session=True, close_fds=True, env=env)
         stderr.close()
         self._uid = UID_BASE + self.proc.pid if _is_root() else None
         if self._uid is not None:
             _UIDS_STARTED_HERE.add(self._uid)
         if self._workdir and self._uid is not None:
             os.chown(self._workdir, self._uid, self._uid)
-        setup = {"timeout_s": self.limits.timeout_s, "memory_bytes": self.limits.memory_mb << 20,
+        setup = {"timeout_s": self.limits.timeout_s, "wall_timeout_s": self.limits.wall_s, "site_dir": site_dir,
+                 "memory_bytes": self.limits.memory_mb << 20,
                  "max_output_bytes": self.limits.max_output_bytes, "nproc": self.limits.nproc,
                  "semantics": self.limits.semantics, "drop_uid": self._uid, "workdir": workdir,
                  "preload_all": self.kind != "bwrap" and self._uid is not None}
@@ -219,10 +243,15 @@ class Sandbox:
         self._send({"op": "program", "code": code, "mode": mode, "fn_name": fn_name})
         return self._receive(30.0)
 
+    def load_and_run(self, code: str, mode: str, fn_name: str | None, test_input: str) -> dict:
+        """Compile a program and run its first test in one round trip (a syntax_error record or a test)."""
+        self._send({"op": "program", "code": code, "mode": mode, "fn_name": fn_name, "input": test_input})
+        return self._receive(self.limits.wall_s + 30.0)
+
     def run(self, test_input: str) -> dict:
-        """Run one test; the driver enforces the timeout, this deadline only guards against a dead driver."""
+        """Run one test; the driver enforces the limits, this deadline only guards against a dead driver."""
         self._send({"op": "test", "input": test_input})
-        return self._receive(self.limits.timeout_s + 10.0)
+        return self._receive(self.limits.wall_s + 10.0)
 
     def reset(self) -> None:
         """Kill whatever the program left running and empty the working directory."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 
 import pyarrow as pa
 from pydantic import BaseModel
@@ -15,6 +16,7 @@ from valley.grade.formats import spec_from_problem
 from valley.grade.inputs import read_problems, read_samples
 from valley.grade.parallel import Item, plan_batches, run_batches
 from valley.grade.sandbox import check_bwrap, find_bwrap
+from valley.grade.sandbox_env import ensure_env
 from valley.storage import Storage, stage_dir
 
 log = logging.getLogger(__name__)
@@ -33,15 +35,19 @@ class GradeResult(BaseModel):
     batches: int
     skipped_batches: int
     seconds: float = 0.0
+    grader_errors: int = 0  # samples the grader could not run even when retried: not model failures
+    reruns_alone: int = 0  # samples re-run alone (wall-clock kill under the CPU limit, or grader error)
     skipped: bool = False  # the whole stage was already complete
 
 
-def check_sandbox(sandbox: str, bwrap_path: str | None) -> None:
-    """Fail early, on the driver, when bwrap cannot start; warn on every run of the weaker mode."""
+def check_sandbox(sandbox: str, bwrap_path: str | None, packages: Sequence[str] = ()) -> None:
+    """Fail early, on the driver, when bwrap cannot start or the sandbox environment cannot be built;
+    warn on every run of the weaker mode."""
     if sandbox == "rlimit_only":
         log.warning(RLIMIT_ONLY_WARNING)
     else:
         check_bwrap(bwrap_path or find_bwrap())
+    ensure_env(packages)
 
 
 def run_grade(cfg: GradeConfig, storage: Storage) -> GradeResult:
@@ -51,7 +57,7 @@ def run_grade(cfg: GradeConfig, storage: Storage) -> GradeResult:
     vdir, tdir = f"{sdir}/verdicts", (f"{sdir}/tests" if cfg.per_test_rows else None)
     if storage.is_complete(sdir, h):
         return GradeResult(**storage.success_summary(sdir), skipped=True)
-    check_sandbox(cfg.sandbox, cfg.bwrap_path)
+    check_sandbox(cfg.sandbox, cfg.bwrap_path, cfg.sandbox_packages)
 
     problems = read_problems(storage, cfg.problems)
     specs = {}
@@ -86,7 +92,7 @@ def run_grade(cfg: GradeConfig, storage: Storage) -> GradeResult:
         storage, vdir, plan_batches(items, cfg.batch_size), specs, cfg.limits(),
         sandbox=cfg.sandbox, bwrap=cfg.bwrap_path, schema=schemas.VERDICTS, num_cpus=cfg.num_cpus_per_task,
         resources=cfg.task_resources, max_in_flight=cfg.max_in_flight, max_retries=cfg.max_retries,
-        tests_dir=tdir, tests_schema=schemas.VERDICT_TESTS,
+        tests_dir=tdir, tests_schema=schemas.VERDICT_TESTS, stall_timeout_s=cfg.stall_timeout_s,
     )
     counts: Counter[str] = Counter({v: 0 for v in schemas.VERDICT_VALUES})
     n = 0
@@ -96,9 +102,14 @@ def run_grade(cfg: GradeConfig, storage: Storage) -> GradeResult:
         n = len(verdicts)
     if n != len(items):
         raise RuntimeError(f"verdict parts hold {n} rows for {len(items)} samples in {vdir}")
+    if counts.get("grader_error"):
+        log.warning("%d sample(s) got verdict grader_error (the sandbox could not run them, even when retried): "
+                    "they are excluded from pass@k, not counted as failures; see first_failure in %s",
+                    counts["grader_error"], vdir)
     result = GradeResult(
         stage_dir=sdir, verdicts_dir=vdir, tests_dir=tdir, samples=len(rows), unmatched=len(unmatched),
         counts=dict(counts), batches=stats.batches, skipped_batches=stats.skipped_batches, seconds=stats.seconds,
+        grader_errors=counts.get("grader_error", 0), reruns_alone=stats.reruns_alone,
     )
     storage.mark_success(sdir, h, result.model_dump(exclude={"skipped"}))
     return result

@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 
 from valley.metrics.bootstrap import bootstrap_ratios
-from valley.metrics.join import UNGRADED, UNKNOWN, JoinedRun, join_run
+from valley.metrics.join import GRADER_ERROR, UNGRADED, UNKNOWN, JoinedRun, join_run
 from valley.metrics.passk import pass_at_1, pass_at_k
 from valley.schemas import VERDICT_VALUES
 
@@ -34,6 +34,7 @@ def per_problem(joined: JoinedRun, date_windows: Sequence[DateWindow] | None = N
         pl.len().alias("n"),
         pl.col("passed").sum().alias("c"),
         pl.col("completed").sum().alias("completed"),
+        pl.col("completed").is_not_null().sum().alias("n_with_finish"),
         pl.col("think").sum().alias("think"),
         pl.col("n_tokens").sum().alias("tokens"),
         pl.col("n_tokens").is_not_null().sum().alias("n_with_tokens"),
@@ -80,7 +81,8 @@ def _core_specs(pp: pl.DataFrame, suffix: str) -> list[tuple[str, np.ndarray, np
     n = pp["n"].to_numpy().astype(np.float64)
     return [
         (f"pass@1{suffix}", pass_at_1(n, pp["c"].to_numpy()), np.ones_like(n)),
-        (f"completion_rate{suffix}", pp["completed"].to_numpy().astype(np.float64), n),
+        (f"completion_rate{suffix}", pp["completed"].to_numpy().astype(np.float64),
+         pp["n_with_finish"].to_numpy().astype(np.float64)),
         (f"think_rate{suffix}", pp["think"].to_numpy().astype(np.float64), n),
     ]
 
@@ -108,6 +110,8 @@ def _metric_rows(
     if tokens_known.sum() > 0:
         specs.append(("mean_tokens", pp["tokens"].fill_null(0).to_numpy().astype(np.float64), tokens_known))
     for v in (*VERDICT_VALUES, UNGRADED):
+        if v == GRADER_ERROR:  # those samples are left out (join_run) and reported as n_grader_error
+            continue
         counts = pp[f"v_{v}"].to_numpy().astype(np.float64)
         if v != UNGRADED or counts.sum() > 0:
             specs.append((f"verdict_share/{v}", counts, nf))
@@ -154,6 +158,7 @@ def metrics_from_joined(
 ) -> list[dict]:
     rows = _metric_rows(joined, n_boot=n_boot, seed=seed, ks=ks, date_windows=date_windows)
     rows.append(_row("n_ungraded", joined.n_ungraded))
+    rows.append(_row("n_grader_error", joined.n_grader_error))
     rows.append(_row("n_orphan_verdicts", joined.orphan_verdicts.height))
     rows.append(_row("n_samples_without_problem", joined.n_without_problem))
     return rows

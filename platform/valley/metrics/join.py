@@ -17,6 +17,7 @@ from valley.errors import InputError
 from valley.schemas import VERDICT_VALUES
 
 UNGRADED = "ungraded"
+GRADER_ERROR = "grader_error"
 UNKNOWN = "unknown"
 THINK_TAG = "<think>"
 # Anchored regex instead of strip-then-compare: no copy of (long) responses; \s is Unicode whitespace
@@ -33,6 +34,7 @@ class JoinedRun:
     orphan_verdicts: pl.DataFrame
     n_ungraded: int
     n_without_problem: int
+    n_grader_error: int = 0  # samples the grader could not run: left out of every rate, reported as a count
 
 
 def _frame(table: pa.Table | pl.DataFrame, name: str, required: list[str], sources: dict[str, str]) -> pl.DataFrame:
@@ -106,7 +108,7 @@ def join_run(
     """Join on (run_id,) question_id, sample_idx and derive pass / completed / think per sample.
 
     completed: finish_reason == "stop" and n_tokens <= max_tokens (a null n_tokens trusts the
-    finish reason). think: the response, after leading whitespace, begins with "<think>" — the
+    finish reason; a null finish reason makes it unknown). think: the response, after leading whitespace, begins with "<think>" — the
     paper counts a response that *begins* with the tag; we strip whitespace first because chat
     templates often leave a newline before the first generated token, which is not a choice the
     model made.
@@ -146,10 +148,15 @@ def join_run(
         pl.col("sample_idx"),
         pl.col("verdict").fill_null(UNGRADED),
         (pl.col("verdict") == "pass").fill_null(False).alias("passed"),
-        (
-            (pl.col("finish_reason") == "stop").fill_null(False)
+        # Null when the sample has no finish reason (imported lcb_runner/SkyThought files carry none):
+        # unknown, so it leaves the completion rate's denominator instead of counting as incomplete.
+        pl.when(pl.col("finish_reason").is_null())
+        .then(pl.lit(None, dtype=pl.Boolean))
+        .otherwise(
+            (pl.col("finish_reason") == "stop")
             & (pl.col("n_tokens").is_null() | (pl.col("n_tokens") <= max_tokens))
-        ).alias("completed"),
+        )
+        .alias("completed"),
         pl.col("response").str.contains(THINK_AT_START).alias("think"),
         pl.col("n_tokens").cast(pl.Int64),
     )
@@ -162,9 +169,12 @@ def join_run(
         (pl.col("contest_date").cast(pl.String) if "contest_date" in p.columns else pl.lit(None, dtype=pl.String))
         .alias("contest_date"),
     )
+    n_grader_error = int((frame["verdict"] == GRADER_ERROR).sum())
+    if n_grader_error:  # not a model failure: such a sample is no evidence either way
+        frame = frame.filter(pl.col("verdict") != GRADER_ERROR)
     n_ungraded = int((frame["verdict"] == UNGRADED).sum())
     n_without = frame.join(attrs.select("question_id"), on="question_id", how="anti").height
-    return JoinedRun(frame, attrs, orphans, n_ungraded, n_without)
+    return JoinedRun(frame, attrs, orphans, n_ungraded, n_without, n_grader_error)
 
 
 def _label(col: pl.Expr) -> pl.Expr:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -46,6 +46,8 @@ class ReportConfig(StageConfig):
     scaling_subset: str = "random"  # runs of this subset form Table 1 and the valley curve
     fit_metric: str = "pass@1"
     parallel: bool = True  # one Ray task per run when Ray is initialised
+    # stage timings recorded by `valley run` (valley/costs.py) for report.md's cost table
+    costs: list[dict[str, Any]] = Field(default_factory=list)
 
     hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "parallel"})
 

@@ -21,7 +21,7 @@ from valley.errors import InputError
 from valley.metrics.compute import metrics_from_joined
 from valley.metrics.join import UNGRADED, join_run
 from valley.metrics.valley import fit_valley
-from valley.report import plots, tables
+from valley.report import agreement, costs, plots, tables
 from valley.report.config import CORE_METRICS, ReportConfig, RunSpec
 from valley.storage import Storage, conform, stage_dir
 
@@ -46,6 +46,7 @@ class ReportResult(BaseModel):
     valley_fit: str
     plots: list[str]
     unmatched: str | None = None
+    agreement: str | None = None  # disagreements with imported official verdicts (report/agreement.py)
     n_runs: int
     n_rows: int
     skipped: bool = False
@@ -218,6 +219,8 @@ def run_report(cfg: ReportConfig, storage: Storage) -> ReportResult:
 
     evaluated = _evaluate_all(cfg, storage)
     rows = [r for run_rows, _ in evaluated for r in run_rows]
+    agree = agreement.evaluate(cfg, storage)  # None unless a run's samples carry official verdicts
+    rows += agree.rows if agree else []
     table = results_table(cfg, rows)
     results = pl.from_arrow(table)
     assert isinstance(results, pl.DataFrame)
@@ -242,7 +245,16 @@ def run_report(cfg: ReportConfig, storage: Storage) -> ReportResult:
         plot_files.append("epochs.png")
 
     storage.write_json({"experiment": cfg.experiment, "fits": fits}, out, "valley_fit.json")
-    storage.write_text(render_markdown(cfg, results, fits, plot_files), out, "report.md")
+    markdown = render_markdown(cfg, results, fits, plot_files)
+    agreement_path = None
+    if agree:
+        markdown += "\n" + agree.markdown + "\n"
+        agreement_path = f"{out}/agreement.parquet"
+        storage.write_parquet(agree.disagreements, out, "agreement.parquet")
+    if cfg.costs:
+        markdown += "\n## Cost per stage and run\n\n" + costs.cost_table(cfg.costs) + "\n\nCore- and GPU-hours are " \
+            "wall time × the CPUs and GPUs the stage held (reserved capacity, see valley/costs.py).\n"
+    storage.write_text(markdown, out, "report.md")
     result = ReportResult(
         stage_dir=out,
         results=f"{out}/results.parquet",
@@ -250,6 +262,7 @@ def run_report(cfg: ReportConfig, storage: Storage) -> ReportResult:
         valley_fit=f"{out}/valley_fit.json",
         plots=[f"{out}/{p}" for p in plot_files],
         unmatched=unmatched_path,
+        agreement=agreement_path,
         n_runs=len(cfg.runs),
         n_rows=table.num_rows,
     )

@@ -46,7 +46,10 @@ class TrainConfig(StageConfig):
     # LM-head + loss over at most this many positions at a time (see train/chunked_loss.py): bounds the
     # logits memory of long rows; smaller is leaner, larger has fewer, bigger matmuls
     loss_chunk_tokens: int = Field(default=4096, gt=0)
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    # packed rows: flex_attention (document BlockMask, no extension; GPU only, torch has no CPU backward),
+    # flash_attention_2 (varlen, needs the flash-attn wheel), sdpa/eager (O(L²) mask). auto: FA2 where its
+    # wheel is installed, else FlexAttention on GPU; SDPA on CPU
+    attn_implementation: Literal["auto", "flash_attention_2", "flex_attention", "sdpa", "eager"] = "auto"
     deepspeed: dict[str, Any] = Field(default_factory=dict)  # deep-merged over the generated DS config
     export_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: the training precision
     # Also export the model after every epoch but the last (`model-epoch<k>/`), for per-epoch evaluation.
@@ -63,12 +66,20 @@ class TrainConfig(StageConfig):
     max_failures: int = Field(default=3, ge=-1)
     log_every_steps: int = Field(default=1, gt=0)
     peak_tflops: float | None = None  # per device, for MFU; None: looked up from the device name
+    # Watchdog: the stage fails, naming the phase and worker, when no worker reports progress (a start-up
+    # phase or a step) for this long; None: $VALLEY_STALL_TIMEOUT_S, else 600 s on CPU, 1800 s on GPU.
+    stall_timeout_s: float | None = Field(default=None, gt=0)
     # Fault drill: rank 1 (or 0 with one worker) exits hard once, right after this step's checkpoint.
     debug_kill_at_step: int | None = None
+    # Fault drill: rank 1 (or 0 with one worker) sleeps this long on entering this phase (see
+    # loop.PHASES), so the watchdog has a stall to catch.
+    debug_stall_phase: str | None = None
+    debug_stall_s: float = Field(default=3600.0, ge=0)
 
     hash_exclude: ClassVar[frozenset[str]] = frozenset(
         {"name", "cpus_per_worker", "resources_per_worker", "checkpoints_to_keep", "max_failures",
-         "log_every_steps", "peak_tflops", "debug_kill_at_step"}
+         "log_every_steps", "peak_tflops", "debug_kill_at_step", "stall_timeout_s", "debug_stall_phase",
+         "debug_stall_s"}
     )
 
     @model_validator(mode="after")

@@ -21,8 +21,12 @@ from valley.train.config import TrainConfig
 from valley.train.flops import doc_lengths_of, peak_flops, train_flops
 from valley.train.packing_attention import IGNORE, model_inputs, shifted_targets
 from valley.train.schedule import lr_lambda
+from valley.watchdog import Heartbeat
 
 KILL_FLAG = "_debug_killed_once"
+# What a worker reports to the stage's watchdog, in order (a stall names the phase it happened in).
+PHASES = ("worker_start", "model_fetch", "process_group", "model_load", "deepspeed_init", "restore", "first_step",
+          "train_step", "checkpoint", "export", "done")
 
 
 def epoch_dataset_name(epoch: int) -> str:
@@ -35,6 +39,11 @@ def epoch_model_name(epoch: int) -> str:
 
 
 def _attn_impl(cfg: TrainConfig) -> str:
+    """The configured attention for packed rows; `auto`: FA2 where its wheel is installed, else
+    FlexAttention (no O(L²) mask, nothing to compile) on GPU, SDPA on CPU."""
+    if cfg.attn_implementation == "flex_attention" and not cfg.use_gpu:
+        raise ValueError("attn_implementation=flex_attention needs a GPU: torch has no FlexAttention backward "
+                         "on CPU; use sdpa (the CPU default)")
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
     if cfg.use_gpu:
@@ -43,21 +52,30 @@ def _attn_impl(cfg: TrainConfig) -> str:
 
             return "flash_attention_2"
         except ImportError:
-            return "sdpa"
+            return "flex_attention"
     return "sdpa"
 
 
-def _setup_deepspeed(cfg: TrainConfig, plan: dict[str, Any], world: int, device: torch.device) -> tuple[Any, Any]:
+def _setup_deepspeed(cfg: TrainConfig, plan: dict[str, Any], world: int, device: torch.device,
+                     hb: Heartbeat | None = None) -> tuple[Any, Any]:
     # DeepSpeed picks its accelerator at import; a CPU worker must say so before the first import.
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.use_gpu else "cpu")
-    import deepspeed
-
+    hb = hb or Heartbeat(None, "local")
+    accelerator = "cuda" if cfg.use_gpu else "cpu"
+    os.environ.setdefault("DS_ACCELERATOR", accelerator)
+    from valley.train import ops
     from valley.train.deepspeed_config import build_ds_config, uses_ds_optimizer
 
+    ds_config = build_ds_config(cfg, world)
+    # before DeepSpeed's first import: JIT builds (if any) go inside the environment, stale build locks
+    # are gone, a needed op that is not prebuilt fails now, and unneeded ops are never built
+    prepared = ops.prepare_worker(ds_config, accelerator)
+    import deepspeed
+
+    hb.beat("process_group", f"extensions {prepared['extensions_dir']}, off: {prepared['disabled']}")
     deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
     precision = cfg.resolved_precision()
     torch.manual_seed(cfg.seed)
-    ds_config = build_ds_config(cfg, world)
+    hb.beat("model_load", plan["model_dir"])
     model = _load_partitioned(plan, ds_config, torch.bfloat16 if precision == "bf16" else torch.float32)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
@@ -73,6 +91,7 @@ def _setup_deepspeed(cfg: TrainConfig, plan: dict[str, Any], world: int, device:
     if not uses_ds_optimizer(cfg):
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                       weight_decay=cfg.weight_decay)
+    hb.beat("deepspeed_init")
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params,
                                                    lr_scheduler=make_scheduler, config=ds_config)
     return engine, scheduler
@@ -179,6 +198,20 @@ def _maybe_kill(cfg: TrainConfig, step: int, rank: int, world: int, plan: dict[s
     os._exit(17)
 
 
+def _maybe_stall(cfg: TrainConfig, phase: str, rank: int, world: int) -> None:
+    """Fault drill for the watchdog: one rank stops making progress on entering `phase`."""
+    if cfg.debug_stall_phase == phase and rank == min(1, world - 1):
+        print(f"[valley.train] debug stall: rank {rank} sleeps {cfg.debug_stall_s:g} s in {phase}", flush=True)
+        time.sleep(cfg.debug_stall_s)
+
+
+def _heartbeat(loop_config: dict[str, Any], cfg: TrainConfig, rank: int, world: int) -> Heartbeat:
+    import socket
+
+    return Heartbeat(loop_config.get("board"), f"rank {rank}@{socket.gethostname()}",
+                     on_beat=lambda phase: _maybe_stall(cfg, phase, rank, world))
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point on every Ray Train worker."""
     import ray.train
@@ -193,17 +226,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     plan = dict(loop_config["plan"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    hb = _heartbeat(loop_config, cfg, rank, world)
+    hb.beat("worker_start", f"pid {os.getpid()}")
+    if rank == 0 and (group := ray.util.get_current_placement_group()) is not None:
+        hb.register(f"placement group {group.id.hex()}", group)  # outlives a killed run otherwise
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     if cfg.use_gpu:
         torch.cuda.set_device(device)
+    hb.beat("model_fetch", plan["model_uri"])
     plan["model_dir"] = local_dir(Storage(plan["model_uri"]), "")
     plan["tokenizer_dir"] = local_dir(Storage(plan["tokenizer_uri"]), "")
     plan["attn_implementation"] = _attn_impl(cfg)
     if cfg.use_gpu:
         plan["peak_flops"] = peak_flops(torch.cuda.get_device_name(device), cfg.peak_tflops)
     model_config = AutoConfig.from_pretrained(plan["model_dir"])
-    engine, _ = _setup_deepspeed(cfg, plan, world, device)
+    engine, _ = _setup_deepspeed(cfg, plan, world, device, hb)
 
+    hb.beat("restore")
     state = checkpoint.restore(engine, rank) or {"step": 0, "history": []}
     step, history = int(state["step"]), list(state["history"])
     accum, steps_per_epoch = plan["accum"], plan["steps_per_epoch"]
@@ -212,6 +251,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
 
     def export_to(parts: list[str], epoch_done: int) -> None:
+        hb.beat("export", "/".join(parts))
         export.export(engine.module.lm, rank, export_dtype, plan["tokenizer_dir"], plan["model_dir"],
                       plan["storage_root"], [plan["out_dir"], *parts],
                       extra={"config_hash": plan["config_hash"], "steps": step, "epoch": epoch_done})
@@ -227,6 +267,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     engine.train()
     export_epoch_if_due()
+    hb.beat("first_step", f"reading data, then step {step + 1}/{plan['total_steps']}")
     while step < plan["total_steps"]:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         shard = ray.train.get_dataset_shard(epoch_dataset_name(epoch))
@@ -239,12 +280,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 continue
             metrics = _train_step(engine, group, cfg, plan, world, device, model_config)
             step += 1
+            hb.beat("train_step", f"step {step}/{plan['total_steps']} done")
             metrics.update(step=step, epoch=epoch + (i + 1) / steps_per_epoch, time=time.time())
             history.append(metrics)
             if rank == 0 and step % cfg.log_every_steps == 0:
                 print(_log_line(metrics, plan["total_steps"]), flush=True)
             epoch_end = cfg.export_every_epoch and step % steps_per_epoch == 0
             if step % cfg.checkpoint_every_steps == 0 or step == plan["total_steps"] or epoch_end:
+                hb.beat("checkpoint", f"step {step}")
                 checkpoint.save_and_report(engine, {"step": step, "history": history}, metrics)
                 if rank == 0:
                     _write_history(storage, plan["out_dir"], history)
@@ -261,6 +304,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         _write_history(storage, plan["out_dir"], history)
     dist.barrier()
+    hb.beat("done")
 
 
 def _write_history(storage: Any, out_dir: str, history: list[dict[str, Any]]) -> None:

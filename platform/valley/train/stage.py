@@ -3,7 +3,12 @@
 Outputs under `train/<name>-<hash>/`: `checkpoints/` (Ray Train's run storage: ZeRO checkpoints and its
 snapshot, so a re-submitted job with the same config continues from the last checkpoint), `model/` (the
 exported Hugging Face directory; with `export_every_epoch` also `model-epoch<k>/` after each earlier
-epoch), `metrics.jsonl` (one line per step), and `_SUCCESS` last.
+epoch), `metrics.jsonl` (one line per step), and `_SUCCESS` last; `stall.json` when the watchdog failed it.
+
+Ray Train's `fit()` runs inside a small actor owned by this driver while the driver watches the workers'
+heartbeats (valley.watchdog): a run that stops making progress — workers that never start, a lost peer, a
+lock nobody will release — is torn down by killing that actor (Ray then ends the controller and workers it
+owns) and fails with `StallError` naming the phase and worker, instead of hanging without a word.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from valley.train.config import TrainConfig
 from valley.train.export import EXPORT_MARKER, is_exported
 from valley.train.loop import epoch_dataset_name, epoch_model_name, train_loop_per_worker
 from valley.train.plan import plan_run
+from valley.watchdog import StallError, default_timeout, kill_registered, start_board, watch_ref
 
 RUN_NAME = "checkpoints"
+STALL_RECORD = "stall.json"
 
 
 class TrainResult(BaseModel):
@@ -55,17 +62,19 @@ def epoch_datasets(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
     return out
 
 
-def build_trainer(cfg: TrainConfig, storage: Storage, out: str, plan: dict[str, Any]) -> Any:
+def build_trainer(cfg: TrainConfig, storage: Storage, out: str, plan: dict[str, Any], board: Any = None) -> Any:
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from valley.train import telemetry
 
     resources = {"CPU": cfg.cpus_per_worker, **cfg.resources_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan, "board": board},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
@@ -74,6 +83,9 @@ def build_trainer(cfg: TrainConfig, storage: Storage, out: str, plan: dict[str, 
             storage_path=storage.uri(out),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
+            # TensorBoard / MLflow / W&B, and the controller's start-up steps for the watchdog
+            callbacks=[*telemetry.callbacks(cfg, storage.uri(), out),
+                       *(_controller_beats(board) if board is not None else [])],
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if cfg.use_gpu else "cpu",
                                              "TOKENIZERS_PARALLELISM": "false"}},
         ),
@@ -94,6 +106,74 @@ def _check_cpus_left_for_data(cfg: TrainConfig) -> None:
                           "(lower cpus_per_worker or add CPUs)")
 
 
+def _controller_beats(board: Any) -> list[Any]:
+    """A Ray Train worker-group callback that reports the controller's start-up steps to the board, so a
+    run stuck before any worker runs (placement, actor start, process group) says where. Ray marks these
+    hooks as internal but takes such callbacks in `RunConfig(callbacks=…)`; without them (another Ray),
+    the watchdog still works, only less precisely named."""
+    try:
+        from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+    except ImportError:
+        return []
+    from valley.watchdog import Heartbeat
+
+    class ControllerBeats(WorkerGroupCallback):
+        def __init__(self) -> None:
+            self.hb = Heartbeat(board, "controller")
+
+        def before_worker_group_start(self, worker_group_context: Any) -> None:
+            self.hb.beat("worker_group", "placing and starting the train workers")
+
+        def after_worker_group_start(self, worker_group: Any) -> None:
+            self.hb.beat("worker_group", "workers started; setting up their process group")
+            return super().after_worker_group_start(worker_group)
+
+        def after_worker_group_training_start(self, worker_group: Any) -> None:
+            self.hb.beat("worker_group", "training function launched on every worker")
+
+    return [ControllerBeats()]
+
+
+class FitRunner:
+    """Ray actor (no CPU) that runs `TorchTrainer.fit()`: Ray Train's controller and workers are owned by
+    it, so killing it is how a stalled run is ended (the driver itself must live on to report)."""
+
+    def fit(self, cfg_json: dict[str, Any], storage_root: str, out: str, plan: dict[str, Any], board: Any) -> None:
+        cfg = TrainConfig.model_validate(cfg_json)
+        result = build_trainer(cfg, Storage(storage_root), out, plan, board).fit()
+        if getattr(result, "error", None) is not None:
+            raise result.error
+
+
+def _fit_watched(cfg: TrainConfig, storage: Storage, out: str, plan: dict[str, Any]) -> None:
+    """`fit()` under the watchdog: returns when training finished, raises its error or `StallError`."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    board = start_board()
+    here = ray.get_runtime_context().get_node_id()
+    # a runner lost to a node failure (or the OOM killer) is restarted and fit() called again, which
+    # continues from the run's last checkpoint, as a re-submitted job would
+    runner = ray.remote(num_cpus=0, max_restarts=2, max_task_retries=2)(FitRunner).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+    resources = {"CPU": cfg.cpus_per_worker, **cfg.resources_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    waiting = (f"waiting for {cfg.num_workers} train workers × {resources} to start and join their process group "
+               f"(cluster resources now: {ray.available_resources()})")
+
+    def on_stall(err: StallError) -> None:
+        ray.kill(runner)  # its controller and workers go with it
+        kill_registered(board)  # the placement group does not: it belongs to the job
+        storage.write_json(err.record(), out, STALL_RECORD)
+
+    try:
+        watch_ref(runner.fit.remote(cfg.model_dump(mode="json"), storage.root, out, plan, board), board,
+                  stage=f"train {cfg.name}", timeout_s=default_timeout(cfg.use_gpu, cfg.stall_timeout_s),
+                  idle_phase="worker_group", idle_detail=waiting, on_stall=on_stall)
+    finally:
+        ray.kill(runner)
+        ray.kill(board)
+
+
 def run_train(cfg: TrainConfig, storage: Storage) -> TrainResult:
     """Train (or continue a killed run of) this config; a finished run with the same config is skipped."""
     h = cfg.config_hash()
@@ -102,9 +182,7 @@ def run_train(cfg: TrainConfig, storage: Storage) -> TrainResult:
         return TrainResult(**storage.success_summary(out), skipped=True)
     plan = plan_run(cfg, storage, out)
     _check_cpus_left_for_data(cfg)
-    result = build_trainer(cfg, storage, out, plan).fit()
-    if getattr(result, "error", None) is not None:
-        raise result.error
+    _fit_watched(cfg, storage, out, plan)
     epoch_dirs = {cfg.epochs: "model"}
     if cfg.export_every_epoch:
         epoch_dirs.update({k: epoch_model_name(k) for k in range(1, cfg.epochs)})

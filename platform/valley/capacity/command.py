@@ -1,0 +1,50 @@
+"""The `valley plan` command-line surface (also used by `valley run --plan`): flags in, plan out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from valley.capacity.assumptions import Assumptions
+
+if TYPE_CHECKING:
+    from valley.capacity.plan import StudyPlan
+
+
+def add_plan_flags(p: argparse.ArgumentParser) -> None:
+    """Cluster and assumption flags shared by `valley plan` and `valley run --plan`."""
+    d = Assumptions()
+    p.add_argument("--cluster", default=None, help="Ray cluster file with the GPU node type (default: ./ray_cluster.yaml)")
+    p.add_argument("--gpus-per-node", type=int, default=None, help="override the cluster file's GPUs per node")
+    p.add_argument("--gpu-mem", type=float, default=None, help="GiB of memory per GPU (override)")
+    p.add_argument("--gpu-name", default=None, help="device for the bf16 peak, e.g. H100, H200, A100")
+    p.add_argument("--mfu", type=float, default=d.mfu, help=f"assumed model FLOPs utilisation (default {d.mfu})")
+    p.add_argument("--gen-tokens-per-s", type=float, default=d.gen_tokens_per_s,
+                   help=f"assumed generated tokens/s per GPU (default {d.gen_tokens_per_s:g})")
+    p.add_argument("--tokens-per-trace", type=float, default=d.tokens_per_trace,
+                   help="assumed tokens per trace when no manifest or corpus sample is readable")
+    p.add_argument("--problems", type=int, default=None, help="LCB problems per evaluation (default: counted)")
+    p.add_argument("--plan-json", default=None, metavar="PATH", help="also write the plan as JSON here")
+
+
+def plan_from_args(args: argparse.Namespace) -> StudyPlan:
+    from valley.capacity.cluster import resolve_node
+    from valley.capacity.plan import plan_spec_file
+
+    node = resolve_node(args.cluster, args.gpus_per_node, args.gpu_mem, args.gpu_name)
+    assumptions = Assumptions(mfu=args.mfu, gen_tokens_per_s=args.gen_tokens_per_s,
+                              tokens_per_trace=args.tokens_per_trace, problems=args.problems)
+    return plan_spec_file(args.spec, args.overrides, node=node, assumptions=assumptions,
+                          storage_root=getattr(args, "storage", None))
+
+
+def print_plan(plan: StudyPlan, args: argparse.Namespace, as_json: bool = False) -> None:
+    from valley.capacity.render import render_plan
+
+    data = plan.as_dict()
+    if args.plan_json:
+        Path(args.plan_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.plan_json).write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2) if as_json else render_plan(plan), flush=True)

@@ -1,0 +1,62 @@
+"""A study plan as text tables (pure): what fits, what it costs, and the assumptions behind the numbers."""
+
+from __future__ import annotations
+
+from valley.capacity.plan import StudyPlan
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    return "\n".join(out)
+
+
+def _num(x: float) -> str:
+    for unit, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+def _fix_text(fix: dict | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (fix or {}).get("set", {}).items()) or "?"
+
+
+def render_plan(plan: StudyPlan) -> str:
+    node, a = plan.node, plan.assumptions
+    parts = [f"valley plan: {plan.experiment} on {node['gpus_per_node']}x {node['gpu_name']} "
+             f"({node['gpu_mem_gib']:g} GiB each) per node ({node['node_type']})"]
+    rows = []
+    for t in plan.train:
+        m = t.memory
+        states = m["deepspeed_estimate"] if m.get("deepspeed_estimate") is not None else m["model_states"]
+        status = "ok" if t.fits else "NO FIT -> " + _fix_text(t.fix)
+        rows.append([t.run, _num(t.tokens_per_epoch), t.tokens_source, str(t.steps), f"{states:.1f}",
+                     f"{m['activations']:.1f}", f"{m['loss']:.1f}", f"{m['attention_mask']:.2f}",
+                     f"{m['zero_buffers']:.1f}", f"{t.memory_gib:.1f}/{t.usable_gib:.0f}", f"{t.headroom_gib:+.1f}",
+                     f"{t.flops / 1e18:.1f}", f"{t.gpu_hours:,.1f}", status])
+    parts += ["Training (memory in GiB per rank; states = params + grads + optimizer under ZeRO-3, "
+              "DeepSpeed's estimator for bf16):",
+              _table(["run", "tokens/ep", "source", "steps", "states", "activ", "loss", "mask", "zero buf",
+                      "total/usable", "headroom", "EFLOP", "GPU-h", "fit"], rows)]
+    for t in plan.train:
+        if not t.fits and t.fix:
+            parts.append(f"  {t.run}: needs {t.memory_gib:.1f} GiB of {t.usable_gib:.1f}; set {_fix_text(t.fix)} "
+                         f"(predicted {t.fix['memory_gib']} GiB)")
+    ev = [[e.run, str(e.samples), f"{e.expected_tokens:,.0f}", e.length_source, _num(e.tokens), f"{e.gpu_hours:,.1f}"]
+          for e in plan.evaluate]
+    parts += ["Generation:", _table(["evaluation", "samples", "tokens/sample", "length from", "tokens", "GPU-h"], ev)]
+    tot = plan.totals
+    parts += ["Totals: "
+              f"{tot['train_runs']} training runs, {tot['train_flops'] / 1e18:,.1f} EFLOP, {tot['train_gpu_hours']:,.1f} "
+              f"GPU-h; {tot['evaluations']} evaluations, {_num(tot['generate_tokens'])} tokens, "
+              f"{tot['generate_gpu_hours']:,.1f} GPU-h; study {tot['gpu_hours']:,.1f} GPU-h; "
+              f"{tot['runs_that_do_not_fit']} run(s) do not fit",
+              f"Assumptions: MFU {a['mfu']:.0%}; {a['gen_tokens_per_s']:,.0f} generated tokens/s per GPU; "
+              f"{a['tokens_per_trace']:,.0f} tokens per trace where not measured; packing {a['pack_efficiency']:.0%}; "
+              f"{a['reserve_fraction']:.0%} of device memory reserved (flags: --mfu, --gen-tokens-per-s, "
+              "--tokens-per-trace)",
+              *[f"Note: {n}" for n in plan.notes]]
+    return "\n\n".join(parts) + "\n"
