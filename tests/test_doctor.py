@@ -3,6 +3,8 @@ acceptance checks (`make gpu-check`) run only where CUDA is (marker `gpu`)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from valley import doctor
@@ -75,16 +77,21 @@ def test_gpu_constraints_agree_with_the_package_and_makefile():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    # Under `make test` (CI passes TORCH_INDEX= on make's command line) MAKEFLAGS would hand that override
+    # to every nested make: run them with a clean make environment.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
     pins = dict(re.findall(r"^([a-z0-9_.\-]+)==(\S+)", (root / "constraints" / "gpu.txt").read_text(), re.M))
     extra = re.search(r"^gpu = \[(.*)\]$", (root / "pyproject.toml").read_text(), re.M).group(1)
     assert f"vllm=={pins['vllm']}" in extra
     assert "flash-attn" not in pins and not any("flash" in e and "attn" in e for e in extra)
     assert {"torch", "deepspeed", "ray"} <= set(pins)
-    dry = subprocess.run(["make", "-n", "--always-make", "install-gpu"], cwd=root, capture_output=True, text=True)
+    dry = subprocess.run(["make", "-n", "--always-make", "install-gpu"], cwd=root, capture_output=True, text=True,
+                         env=env)
     assert f'TORCH_SPEC="torch=={pins["torch"]}"' in dry.stdout and "CONSTRAINTS=constraints/gpu.txt" in dry.stdout
-    cpu = subprocess.run(["make", "-n", "--always-make", "install"], cwd=root, capture_output=True, text=True)
+    cpu = subprocess.run(["make", "-n", "--always-make", "install"], cwd=root, capture_output=True, text=True,
+                         env=env)
     assert "--index-url https://download.pytorch.org/whl/cpu" in cpu.stdout  # users: PyTorch's CPU wheels
     ci = subprocess.run(["make", "-n", "--always-make", "install", "TORCH_INDEX="], cwd=root, capture_output=True,
-                        text=True)
+                        text=True, env=env)
     assert "download.pytorch.org" not in ci.stdout  # CI (.ci/run): PyPI only
     assert "TORCH_INDEX=" in (root / ".ci" / "run").read_text()
