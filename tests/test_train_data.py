@@ -54,6 +54,22 @@ def pack(docs: list[dict], seq_len: int, pad_id: int) -> list[dict]:
     return rows
 
 
+def tiny_model_and_docs(root: Path, max_tokens: int) -> tuple[Path, object, list[dict]]:
+    """The tiny demo student, its tokenizer and nine tokenized demo documents cut to `max_tokens`."""
+    from transformers import AutoTokenizer
+
+    from valley.demo import build_demo_tokenizer, build_tiny_model, make_traces
+
+    tok_dir = build_demo_tokenizer(root / "tok")
+    model_dir = build_tiny_model(root / "model", tok_dir, hidden_size=32, num_layers=2)
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    docs = []
+    for t in make_traces(9, seed=3):
+        ids, mask = tokenize_doc(tok, t["question"], t["response"])
+        docs.append({"id": t["id"], "input_ids": ids[:max_tokens], "loss_mask": mask[:max_tokens]})
+    return model_dir, tok, docs
+
+
 def build_data_dir(storage: Storage, tokenizer_dir: Path, *, n_traces: int, seq_len: int, seed: int = 0,
                    name: str = "data/test-0", n_files: int = 2, packed: bool = True, max_doc: int | None = None
                    ) -> tuple[str, list[dict]]:

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from test_train_data import pack, tokenize_doc
+from test_train_data import pack, tiny_model_and_docs
 from valley.errors import InputError
 from valley.train.batches import steps, to_micro_batch
 from valley.train.packing_attention import (
@@ -23,19 +23,7 @@ from valley.train.packing_attention import (
 
 @pytest.fixture(scope="module")
 def model_and_docs(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from valley.demo import build_demo_tokenizer, build_tiny_model, make_traces
-
-    root = tmp_path_factory.mktemp("pack")
-    tok_dir = build_demo_tokenizer(root / "tok")
-    model_dir = build_tiny_model(root / "model", tok_dir, hidden_size=32, num_layers=2)
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    docs = []
-    for t in make_traces(9, seed=3):
-        ids, mask = tokenize_doc(tok, t["question"], t["response"])
-        docs.append({"id": t["id"], "input_ids": ids[:120], "loss_mask": mask[:120]})
-    return model_dir, tok, docs
+    return tiny_model_and_docs(tmp_path_factory.mktemp("pack"), 120)
 
 
 def _load(model_dir, impl: str):
