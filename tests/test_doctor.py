@@ -79,7 +79,10 @@ def test_gpu_constraints_agree_with_the_package_and_makefile():
     root = Path(__file__).resolve().parents[1]
     # Under `make test` (CI passes TORCH_INDEX= on make's command line) MAKEFLAGS would hand that override
     # to every nested make: run them with a clean make environment.
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    # make also exports command-line variables to its recipes' environment, where `?=` would take them.
+    make_vars = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "TORCH_INDEX", "TORCH_SPEC", "CONSTRAINTS",
+                 "EXTRAS", "DS_BUILD", "PIP_C")
+    env = {k: v for k, v in os.environ.items() if k not in make_vars}
     pins = dict(re.findall(r"^([a-z0-9_.\-]+)==(\S+)", (root / "constraints" / "gpu.txt").read_text(), re.M))
     extra = re.search(r"^gpu = \[(.*)\]$", (root / "pyproject.toml").read_text(), re.M).group(1)
     assert f"vllm=={pins['vllm']}" in extra
