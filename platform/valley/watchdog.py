@@ -189,14 +189,9 @@ def watch_ref(ref: Any, board: Any, *, stage: str, timeout_s: float, idle_phase:
         ready, _ = ray.wait([ref], timeout=poll_s)
         if ready:
             return ray.get(ref)
-        snapshot = _snapshot(board)
-        err = None if snapshot is None else stall_in(snapshot, stage=stage, timeout_s=timeout_s,
-                                                     idle_phase=idle_phase, idle_detail=idle_detail)
+        err = _board_stall(board, stage, timeout_s, idle_phase, idle_detail)
         if err is not None:
-            log.error("%s", err)
-            if on_stall is not None:
-                on_stall(err)
-            raise err
+            raise _stalled(err, on_stall)
 
 
 _END = object()
@@ -255,14 +250,9 @@ def _consume(q: queue.Queue, board: Any, last_item: float, *, stage: str, timeou
             if board is None:  # no workers reporting: the wait itself is the stall
                 err = StallError(stage, idle_phase, "driver", idle, timeout_s, {}, idle_detail)
             else:
-                snapshot = _snapshot(board)
-                err = None if snapshot is None else stall_in(snapshot, stage=stage, timeout_s=timeout_s,
-                                                             idle_phase=idle_phase, idle_detail=idle_detail)
+                err = _board_stall(board, stage, timeout_s, idle_phase, idle_detail)
             if err is not None:
-                log.error("%s", err)
-                if on_stall is not None:
-                    on_stall(err)
-                raise err from None
+                raise _stalled(err, on_stall) from None
             continue
         if not ok:
             raise item
@@ -270,3 +260,19 @@ def _consume(q: queue.Queue, board: Any, last_item: float, *, stage: str, timeou
             return
         last_item = time.monotonic()
         yield item
+
+
+def _board_stall(board: Any, stage: str, timeout_s: float, idle_phase: str, idle_detail: str) -> StallError | None:
+    """The stall the board's last beats show, if any (None also when the board cannot be read)."""
+    snapshot = _snapshot(board)
+    if snapshot is None:
+        return None
+    return stall_in(snapshot, stage=stage, timeout_s=timeout_s, idle_phase=idle_phase, idle_detail=idle_detail)
+
+
+def _stalled(err: StallError, on_stall: Callable[[StallError], None] | None) -> StallError:
+    """Log a stall and let the caller tear its work down; returns the error for the caller to raise."""
+    log.error("%s", err)
+    if on_stall is not None:
+        on_stall(err)
+    return err
