@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from valley import runtime
     from valley.decontam.stage import DecontamConfig, run_decontam
-    from valley.grade.formats import iter_json_records
+    from valley.problems import iter_json_records
     from valley.storage import Storage
 
     problems = [r for f in lcb for _, r in iter_json_records(f)]

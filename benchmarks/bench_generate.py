@@ -50,7 +50,7 @@ def by_key(completions) -> dict:
 
 
 def direct(cfg, requests, threads: int) -> dict:
-    from valley.generate.backends.base import make_backend
+    from valley.generate.backends.factory import make_backend
     from valley.generate.pool import backend_options, sampling_of
 
     t0 = time.perf_counter()

@@ -192,8 +192,8 @@ def main() -> None:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from valley import runtime, schemas
-    from valley.grade.formats import load_lcb_problems
     from valley.grade.sandbox_env import DEFAULT_PACKAGES, ensure_env
+    from valley.problems import load_lcb_problems
     from valley.storage import Storage
 
     ensure_env(DEFAULT_PACKAGES)  # built before timing

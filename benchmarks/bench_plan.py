@@ -70,16 +70,16 @@ def child(args: argparse.Namespace) -> dict:
 
     from bench_train import synthetic_rows
     from valley.train.batches import to_micro_batch
-    from valley.train.loop import _setup_deepspeed, _train_step
+    from valley.train.loop import EngineSpec, _setup_deepspeed, _train_step
 
     torch.set_num_threads(1)
     cfg = train_config(args.seq_len, args.chunk_tokens)
-    plan = {"total_steps": 10, "model_dir": args.model_dir, "attn_implementation": "sdpa"}
+    spec = EngineSpec(model_dir=args.model_dir, attn_implementation="sdpa", total_steps=10)
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo")
     baseline = _status_kib("VmRSS") * 1024
-    engine, _ = _setup_deepspeed(cfg, plan, 2, torch.device("cpu"), *_quiet_heartbeat())
+    engine, _ = _setup_deepspeed(cfg, spec, 2, torch.device("cpu"), *_quiet_heartbeat())
     after_init = _status_kib("VmRSS") * 1024
     reset = _reset_peak()
     model_config = AutoConfig.from_pretrained(args.model_dir)
@@ -100,7 +100,7 @@ def child(args: argparse.Namespace) -> dict:
     engine.step = step_between_peaks
     for i in range(2):  # the second step is the steady state: Adam's moments exist from the first
         mb = to_micro_batch(pa.Table.from_pylist(rows[i:i + 1]), max_seq_len=args.seq_len)
-        _train_step(engine, [mb], cfg, plan, 2, torch.device("cpu"), model_config)
+        _train_step(engine, [mb], cfg, spec, 2, torch.device("cpu"), model_config)
     peak = max(phases.values())
     return {"rank": rank, "baseline_bytes": baseline, "after_init_bytes": after_init, "peak_bytes": peak,
             "peak_reset": reset, "step_peak_above_baseline": peak - baseline,

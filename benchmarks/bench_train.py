@@ -203,7 +203,7 @@ def main() -> int:
     t0 = time.perf_counter()
     result = run_train(cfg, storage)
     wall = time.perf_counter() - t0
-    history = [json.loads(x) for x in storage.read_text(storage.relative(result.metrics_path)).splitlines()]
+    history = [json.loads(x) for x in storage.read_text(result.metrics_path).splitlines()]
     skip = min(args.skip, len(history) - 2)
     stage_tps, mfus = steady(history, skip)
     out = {

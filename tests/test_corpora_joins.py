@@ -139,7 +139,7 @@ def _cfg(corpora, **kw) -> DataConfig:
 def test_ocr2_joins_to_four_sources(ray_local, corpora, tmp_path):
     storage = Storage(str(tmp_path / "s"))
     result = run_data(_cfg(corpora), storage)
-    out = storage.relative(result.output_dir)
+    out = result.stage_dir
     traces = {t["id"]: t for t in storage.read_parquet(out, "traces").to_pylist()}
     assert sorted(traces) == [f"ocr2-{i}" for i in range(9)]
     t = traces["ocr2-0"]
@@ -172,7 +172,7 @@ def test_ocr2_joins_to_four_sources(ray_local, corpora, tmp_path):
     assert {j: manifest["joins"][j]["matched"] for j in ("apps", "code_contests", "codeforces")} == {
         "apps": 1, "code_contests": 1, "codeforces": 1}
     assert manifest["accepted"] == 9
-    assert not list(Path(result.output_dir).glob("pending/._tmp-*"))
+    assert not list(Path(storage.path(result.stage_dir)).glob("pending/._tmp-*"))
 
 
 def test_question_text_join_rejects_ambiguous_keys(ray_local, corpora, tmp_path):
@@ -191,7 +191,7 @@ def test_question_text_join_rejects_ambiguous_keys(ray_local, corpora, tmp_path)
     storage = Storage(str(tmp_path / "s"))
     result = run_data(_cfg(corpora, name="cots", inputs=[str(cots)], columns={"preset": "codeforces_cots"},
                            joins=[taco]), storage)
-    out = storage.relative(result.output_dir)
+    out = result.stage_dir
     traces = {t["question_id"]: t for t in storage.read_parquet(out, "traces").to_pylist()}
     assert sorted(traces) == ["1/A", "1/C"]
     assert (traces["1/A"]["difficulty"], traces["1/A"]["difficulty_bucket"]) == ("EASY", "easy")
@@ -215,7 +215,7 @@ def test_rq2_and_rq3_subsets_from_joined_taco_traces(ray_local, corpora, tmp_pat
     # sizes given, as the experiment gives `difficulty_size` and `correctness_size`
     rq3 = [SubsetSpec(name=k, kind=k, size=2, sources=["taco"]) for k in ("easy", "hard")]
     first = run_data(_cfg(corpora, subsets=rq3), storage)
-    out = storage.relative(first.output_dir)
+    out = first.stage_dir
 
     def ids(data_out: str, subset: str) -> set[str]:
         return set(storage.read_parquet(data_out, "subsets", f"{subset}.parquet").column("id").to_pylist())
@@ -232,7 +232,7 @@ def test_rq2_and_rq3_subsets_from_joined_taco_traces(ray_local, corpora, tmp_pat
     second = run_data(_cfg(corpora, name="ocr2-labelled", joins=[], columns={"preset": "valley"},
                            inputs=[f"{storage.uri(labelled.traces_dir)}/*.parquet"], subsets=rq2),
                       storage)
-    out2 = storage.relative(second.output_dir)
+    out2 = second.stage_dir
     assert ids(out2, "incorrect") == {"ocr2-1", "ocr2-4"} and len(ids(out2, "correct")) == 2
     again = {t["id"]: t for t in storage.read_parquet(out2, "traces").to_pylist()}
     assert again["ocr2-3"]["difficulty_bucket"] == "medium_hard"  # the bucket survives the re-ingest
@@ -259,7 +259,7 @@ def test_join_resumes_from_finished_passes(ray_local, corpora, tmp_path):
     assert resumed.accepted == clean.accepted == 9 and resumed.rejected_by_reason == clean.rejected_by_reason
 
     def table(storage: Storage, result) -> pa.Table:
-        return storage.read_parquet(storage.relative(result.output_dir), "traces").sort_by("id")
+        return storage.read_parquet(result.stage_dir, "traces").sort_by("id")
 
     assert table(killed, resumed).equals(table(Storage(str(tmp_path / "clean")), clean))
     assert not killed.list(out, "pending")  # finished parts leave no pending copy behind

@@ -68,7 +68,7 @@ def test_data_stage_end_to_end(ray_local, corpus, tmp_path):
     result = run_data(_cfg(corpus), storage)
     assert result.accepted == 600
     assert result.rejected_by_reason == {"empty": 1, "invalid_json": 1, "wrong_type": 1, "duplicate_id": 1}
-    out = storage.relative(result.output_dir)
+    out = result.stage_dir
     rejects = storage.read_parquet(out, "rejects").to_pylist()
     where = {(Path(r["source_file"]).name, r["source_row"], r["field"]) for r in rejects}
     # The first occurrence in (file, row) order is kept: bad.jsonl sorts before traces.jsonl.
@@ -76,6 +76,7 @@ def test_data_stage_end_to_end(ray_local, corpus, tmp_path):
                      ("traces.jsonl", 0, "id")}
     manifest = storage.read_json(out, "manifest.json")
     assert manifest["seq_len"] == 1024 and manifest["subsets"]["ok"]["rows"] == manifest["subsets"]["bad"]["rows"] == 300
+    assert (manifest["pad_id"], manifest["pad_id_from"]) == (0, "pad_token_id")  # the demo tokenizer's <pad>
     for name, info in result.subsets.items():
         table = _tokenized(storage, result, name)
         assert table.schema.equals(schemas.TOKENIZED, check_metadata=False)
@@ -92,13 +93,24 @@ def test_data_stage_end_to_end(ray_local, corpus, tmp_path):
     assert again.skipped and again.subsets == result.subsets
 
 
+def test_manifest_pad_id_is_the_tokenizers_pad_else_eos(corpus):
+    """What the data stage records as `pad_id` (and the trainer pads with), and which token it is."""
+    from types import SimpleNamespace
+
+    from valley.data.pad import pad_entry, pad_of
+
+    assert pad_entry(corpus["tok"]) == {"pad_id": 0, "pad_id_from": "pad_token_id"}
+    assert pad_of(SimpleNamespace(pad_token_id=None, eos_token_id=2)) == (2, "eos_token_id")
+    assert pad_of(SimpleNamespace(pad_token_id=None, eos_token_id=None)) == (0, "default")
+
+
 def test_overlength_policies_are_counted(ray_local, corpus, tmp_path):
     storage = Storage(str(tmp_path / "s"))
     subsets = [SubsetSpec(name="all", kind="all")]
     dropped = run_data(_cfg(corpus, max_seq_len=160, subsets=subsets), storage)
     info = dropped.subsets["all"]
     assert info["dropped"]["overlength"] > 0 and info["docs"] + info["dropped"]["overlength"] == 600
-    out = storage.relative(dropped.output_dir)
+    out = dropped.stage_dir
     assert storage.read_parquet(out, "dropped", "all.parquet").num_rows == info["dropped"]["overlength"]
     truncated = run_data(_cfg(corpus, max_seq_len=160, overlength="truncate", subsets=subsets), storage)
     assert truncated.subsets["all"]["truncated"] > 0

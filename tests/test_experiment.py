@@ -55,6 +55,7 @@ def test_demo_spec_is_valid():
 
 def test_paper_spec_is_the_papers_study():
     """The full-scale spec validates against every stage's config and carries the paper's recipe."""
+    from valley.experiment.plan import train_fields
     from valley.train.config import TrainConfig
 
     spec = load_spec(REPO / "jobs" / "configs" / "paper.yaml")
@@ -62,7 +63,7 @@ def test_paper_spec_is_the_papers_study():
     assert spec.study.scaling_sizes[:3] == [1000, 10000, 30000] and max(spec.study.scaling_sizes) >= 100000
     assert (spec.study.correctness_size, spec.study.difficulty_size, spec.study.stage2_from_size) == (6000, 4000,
                                                                                                    30000)
-    train = TrainConfig(data="-", model="-", **spec.train)
+    train = TrainConfig(data="-", model="-", **train_fields(spec))  # max_seq_len: the data section's
     assert (train.global_batch_size, train.learning_rate, train.warmup_ratio, train.epochs, train.max_seq_len) == (
         128, 8e-5, 0.1, 5, 32768)
     assert train.grad_accum_steps() == 16 and train.zero_stage == 3 and train.use_gpu
@@ -84,18 +85,18 @@ def test_spec_validates_per_epoch_subsets(tmp_path):
 def test_epoch_runs_reuse_the_start_and_final_evaluations():
     from valley.experiment import EvalRun, epoch_runs
 
-    final = EvalRun("s-correct-from-r30", "s", "/m/final", 6000, "correct", "30000")
-    dirs = {1: "/m/e1", 2: "/m/e2", 3: "/m/final"}
-    points = epoch_runs(final, dirs, start_run_id="s-r30")
-    assert [(p.run_id, p.epoch, p.alias_of, p.model_dir) for p in points] == [
-        ("s-correct-from-r30-e0", 0, "s-r30", "/m/final"),
-        ("s-correct-from-r30-e1", 1, None, "/m/e1"),
-        ("s-correct-from-r30-e2", 2, None, "/m/e2"),
-        ("s-correct-from-r30-e3", 3, "s-correct-from-r30", "/m/final"),
+    final = EvalRun("s-correct-from-r30", "s", 6000, "correct", "30000", train="train:s-correct-from-r30")
+    points = epoch_runs(final, 3, start_run_id="s-r30")
+    assert [(p.run_id, p.epoch, p.alias_of) for p in points] == [
+        ("s-correct-from-r30-e0", 0, "s-r30"),
+        ("s-correct-from-r30-e1", 1, None),
+        ("s-correct-from-r30-e2", 2, None),
+        ("s-correct-from-r30-e3", 3, "s-correct-from-r30"),
     ]
-    assert all((p.data_size, p.subset, p.checkpoint) == (6000, "correct", "30000") for p in points)
+    assert all((p.data_size, p.subset, p.checkpoint, p.train) == (6000, "correct", "30000", final.train)
+               for p in points)
     # the start model was not evaluated (evaluate_base: false): no epoch-0 point
-    assert [p.epoch for p in epoch_runs(final, dirs, start_run_id=None)] == [1, 2, 3]
+    assert [p.epoch for p in epoch_runs(final, 3, start_run_id=None)] == [1, 2, 3]
 
 
 def test_experiment_with_per_epoch_evaluation(ray_local, tmp_path):

@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from valley.generate.backends.base import Request, Sampling, make_backend, sample_seed
+from valley.generate.backends.base import Request, Sampling, sample_seed
+from valley.generate.backends.factory import make_backend
 from valley.generate.backends.hf import SeededSampler, finish
 
 

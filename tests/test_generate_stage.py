@@ -59,7 +59,7 @@ def test_data_pool_generates_survives_a_crash_resumes_and_skips(ray_local, stora
     from valley.generate.prompts import render_prompt
 
     marker = tmp_path / "crashed"
-    cfg = _cfg(tiny_model, lcb_file, "data", mode="data", replicas=2, max_retries=2, crash_once_file=str(marker))
+    cfg = _cfg(tiny_model, lcb_file, "data", mode="data", replicas=2, max_retries=2, fault_crash_once_file=str(marker))
     result = run_generate(cfg, storage)
     assert marker.exists()  # a replica really died mid-run; Ray Data restarted it and re-ran its batch
     assert (result.n_problems, result.n_samples, result.n_generated) == (4, 8, 8)
@@ -90,7 +90,7 @@ def test_data_pool_generates_survives_a_crash_resumes_and_skips(ray_local, stora
     lost = pq.read_table(storage.path(result.stage_dir, "samples", parts[0])).num_rows
     storage.remove(result.stage_dir, "samples", parts[0])
     storage.remove(result.stage_dir, "_SUCCESS")
-    local = cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"mode": "local", "crash_once_file": None})})
+    local = cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"mode": "local", "fault_crash_once_file": None})})
     assert local.config_hash() == cfg.config_hash()
     resumed = run_generate(local, storage)
     assert resumed.stage_dir == result.stage_dir
@@ -113,7 +113,7 @@ def test_serve_replaces_a_dead_replica_and_resends_its_batch(ray_local, storage,
                                                              local_reference, tmp_path):
     marker = tmp_path / "crashed"
     cfg = _cfg(tiny_model, lcb_file, "serve-crash", mode="serve", replicas=2, min_replicas=1, max_retries=3,
-               crash_once_file=str(marker), app_name="valley-generate-crash")
+               fault_crash_once_file=str(marker), app_name="valley-generate-crash")
     result = run_generate(cfg, storage)
     assert marker.exists()  # the replica that took a batch died; Serve replaced it, the batch was re-sent
     assert result.n_samples == 8 and _responses(storage, result) == local_reference

@@ -10,7 +10,8 @@ import pytest
 
 vllm = pytest.importorskip("vllm")
 
-from valley.generate.backends.base import Request, Sampling, make_backend, sample_seed  # noqa: E402
+from valley.generate.backends.base import Request, Sampling, sample_seed  # noqa: E402
+from valley.generate.backends.factory import make_backend  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

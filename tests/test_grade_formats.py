@@ -10,7 +10,7 @@ import pytest
 from valley import schemas
 from valley.errors import InputError
 from valley.grade.compare import compare_stdout, compare_stdout_taco, compare_value
-from valley.grade.formats import (
+from valley.problems import (
     decode_private_tests,
     func_name_from_starter,
     load_lcb_problems,

@@ -10,7 +10,6 @@ import psutil
 import pytest
 
 from valley.errors import SandboxUnavailableError
-from valley.grade.formats import TestSpec
 from valley.grade.runner import grade_code
 from valley.grade.sandbox import (
     Limits,
@@ -21,8 +20,9 @@ from valley.grade.sandbox import (
     check_bwrap,
     find_bwrap,
     interpreter,
-    sandbox_processes,
 )
+from valley.grade.sandbox_procs import sandbox_processes
+from valley.problems import TestSpec
 
 NO_BWRAP = bwrap_unavailable_reason()
 pytestmark = pytest.mark.skipif(NO_BWRAP is not None, reason=f"sandbox unavailable: {NO_BWRAP}")

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from valley.grade.formats import TestSpec
 from valley.grade.runner import Grader
 from valley.grade.sandbox import Limits, bwrap_unavailable_reason
+from valley.problems import TestSpec
 
 NO_BWRAP = bwrap_unavailable_reason()
 pytestmark = pytest.mark.skipif(NO_BWRAP is not None, reason=f"sandbox unavailable: {NO_BWRAP}")

@@ -16,9 +16,9 @@ import pytest
 
 from valley import schemas
 from valley.grade.config import GradeConfig
-from valley.grade.formats import load_lcb_problems
 from valley.grade.sandbox import bwrap_unavailable_reason
 from valley.grade.stage import run_grade
+from valley.problems import load_lcb_problems
 
 NO_BWRAP = bwrap_unavailable_reason()
 pytestmark = [pytest.mark.slow,

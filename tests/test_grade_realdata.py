@@ -12,10 +12,10 @@ import json
 
 import pytest
 
-from valley.grade.formats import TestSpec, load_lcb_problems, spec_from_problem, spec_from_taco
 from valley.grade.lcb_diff import lcb_failing_idioms
 from valley.grade.runner import grade_code, grade_response
 from valley.grade.sandbox import Limits, bwrap_unavailable_reason
+from valley.problems import TestSpec, load_lcb_problems, spec_from_problem, spec_from_taco
 
 NO_BWRAP = bwrap_unavailable_reason()
 pytestmark = pytest.mark.skipif(NO_BWRAP is not None, reason=f"sandbox unavailable: {NO_BWRAP}")

@@ -15,7 +15,8 @@ from valley import schemas
 from valley.errors import InputError
 from valley.grade.config import GradeConfig, LabelConfig
 from valley.grade.label import run_label
-from valley.grade.sandbox import bwrap_unavailable_reason, sandbox_processes
+from valley.grade.sandbox import bwrap_unavailable_reason
+from valley.grade.sandbox_procs import sandbox_processes
 from valley.grade.stage import run_grade
 
 NO_BWRAP = bwrap_unavailable_reason()
@@ -222,7 +223,7 @@ def test_wall_clock_kill_is_rerun_alone_and_recorded(ray_local, storage):
 
 
 def test_stalled_stage_fails_naming_phase_and_batch(ray_local, storage):
-    from valley.grade.parallel import StageStalledError
+    from valley.grade.dispatch import StageStalledError
 
     _write_inputs(storage, extra_samples=[{"run_id": "r4", "question_id": "add", "sample_idx": 0,
                                            "response": "```python\nimport time\ntime.sleep(60)\n```"}])
@@ -231,9 +232,9 @@ def test_stalled_stage_fails_naming_phase_and_batch(ray_local, storage):
 
 
 def test_sandbox_that_cannot_start_is_a_grader_error_not_a_failure():
-    from valley.grade.formats import TestSpec
     from valley.grade.runner import Grader
     from valley.grade.sandbox import Limits
+    from valley.problems import TestSpec
 
     with Grader(Limits(timeout_s=1.0), bwrap="/bin/false") as grader:
         g = grader.grade("print(3)\n", TestSpec("stdin", ("",), ("3\n",)))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from valley.metrics.valley import fit_valley, piecewise_curve
+from valley.metrics.valley_fit import fit_valley, piecewise_curve
 
 
 def _hinge(sizes, x0, y0, before, after):

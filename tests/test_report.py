@@ -229,6 +229,23 @@ def test_unmatched_rows_written_aside(tmp_path):
     assert "| qwen-base | 30 | 120 | 3 | 0 | 0 |" in md
 
 
+def test_max_tokens_comes_from_the_generate_run(tmp_path):
+    """Without max_tokens a report takes the generate stage's budget from its _SUCCESS marker, and names
+    the same directory as a report given that budget; without a recorded budget it says what to set."""
+    from valley.storage import Storage
+
+    storage = Storage(str(tmp_path / "s"))
+    paths = _write_inputs(storage)
+    given = _config(paths, parallel=False).model_copy(update={"runs": _config(paths).runs[:1]})
+    unset = given.model_copy(update={"max_tokens": None})
+    with pytest.raises(ConfigError, match="records no max_tokens.*set max_tokens"):
+        run_report(unset, storage)
+    storage.mark_success("inputs", "generate-hash", {"max_tokens": 1000})
+    result = run_report(unset, storage)
+    assert result.stage_dir == run_report(given, storage).stage_dir
+    assert "token budget 1000" in storage.read_text(result.report_md)
+
+
 def test_config_rejects_duplicate_runs_and_bad_windows():
     from valley.config import build
 
@@ -241,7 +258,8 @@ def test_config_rejects_duplicate_runs_and_bad_windows():
 
 def test_job_entrypoint_runs_a_yaml_config(tmp_path, ray_local, capsys):
     """jobs/report.py: YAML config + --set override -> the stage's result as JSON on stdout."""
-    import importlib.util
+    import runpy
+    import sys
     from pathlib import Path
 
     import yaml
@@ -254,16 +272,26 @@ def test_job_entrypoint_runs_a_yaml_config(tmp_path, ray_local, capsys):
     data["runs"] = [r for r in data["runs"] if r["model"].startswith("Llama")]
     (tmp_path / "report.yaml").write_text(yaml.safe_dump(data))
     path = Path(__file__).resolve().parents[1] / "jobs" / "report.py"
-    spec = importlib.util.spec_from_file_location("report_job", path)
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    rc = job.main([str(tmp_path / "report.yaml"), "--storage", storage.root, "--set", "n_boot=50"])
+
+    def job(*args: str) -> int:
+        sys_argv = sys.argv
+        sys.argv = [str(path), *args]
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        finally:
+            sys.argv = sys_argv
+        return 0
+
+    rc = job(str(tmp_path / "report.yaml"), "--storage", storage.root, "--set", "n_boot=50")
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_runs"] == 3 and not out["skipped"]
-    assert storage.is_complete(out["stage_dir"], cfg.model_copy(update={"n_boot": 50, "runs": cfg.runs[-3:]}).config_hash())
-    assert "Llama-3.1-8B-Instruct (instruct)" in storage.read_text(out["report_md"])
-    bad = job.main([str(tmp_path / "report.yaml"), "--storage", storage.root, "--set", "n_boot=-1"])
+    assert out["stage_dir"].startswith(storage.uri() + "/report/")  # people see full locations
+    assert storage.is_complete(storage.relative(out["stage_dir"]), cfg.model_copy(update={"n_boot": 50, "runs": cfg.runs[-3:]}).config_hash())
+    assert "Llama-3.1-8B-Instruct (instruct)" in storage.read_text(storage.relative(out["report_md"]))
+    bad = job(str(tmp_path / "report.yaml"), "--storage", storage.root, "--set", "n_boot=-1")
     assert bad == 2 and "n_boot" in capsys.readouterr().err
 
 
@@ -286,7 +314,7 @@ def test_report_on_real_livecodebench_verdicts(shared_data, tmp_path):
         storage.write_parquet(problems, run_id, "problems.parquet")
         runs.append({"run_id": run_id, "model": model, "data_size": 0, "samples": f"{run_id}/samples.parquet",
                      "verdicts": f"{run_id}/verdicts.parquet", "problems": f"{run_id}/problems.parquet"})
-    cfg = ReportConfig(experiment="lcb-real", runs=runs, n_boot=200, parallel=False)
+    cfg = ReportConfig(experiment="lcb-real", runs=runs, max_tokens=32768, n_boot=200, parallel=False)
     result = run_report(cfg, storage)
     df = pl.from_arrow(storage.read_parquet(result.results))
     for run_id, value in expected.items():

@@ -93,8 +93,8 @@ def test_demo_training_run_writes_tensorboard_events(ray_local, tmp_path):
     cfg = TrainConfig(name="tb", data=data, model=str(model), num_workers=2, global_batch_size=4, epochs=1,
                       max_seq_len=256, cpus_per_worker=0.5, checkpoint_every_steps=1000, learning_rate=1e-3)
     result = run_train(cfg, storage)
-    history = [json.loads(x) for x in storage.read_text(storage.relative(result.metrics_path)).splitlines()]
-    scalars = read_scalars(Path(storage.path(storage.relative(result.output_dir), "tensorboard")))
+    history = [json.loads(x) for x in storage.read_text(result.metrics_path).splitlines()]
+    scalars = read_scalars(Path(storage.path(result.stage_dir, "tensorboard")))
     assert [s for s, _ in scalars["train/loss"]] == [h["step"] for h in history]
     assert [v for _, v in scalars["train/loss"]] == pytest.approx([h["loss"] for h in history], rel=1e-6)
     assert len(scalars["train/tokens_per_s"]) == len(history) == result.steps

@@ -134,13 +134,60 @@ def test_plan_counts_rows_and_steps(storage, tiny):
     plan = plan_run(_cfg(data, str(model), epochs=3), storage, "train/x")
     assert rows_have_several_docs(storage, data)
     rows = storage.read_parquet(data, "tokenized", "all")
-    assert plan["rows"] == rows.num_rows
-    assert plan["steps_per_epoch"] == rows.num_rows // 4
-    assert plan["total_steps"] == 3 * plan["steps_per_epoch"]
-    assert plan["rows_left_over_per_epoch"] == rows.num_rows % 4
-    assert plan["tokens"] == sum(len(d["input_ids"]) for d in docs)
-    assert plan["accum"] == 2
+    assert plan.rows == rows.num_rows
+    assert plan.steps_per_epoch == rows.num_rows // 4
+    assert plan.total_steps == 3 * plan.steps_per_epoch
+    assert plan.rows_left_over_per_epoch == rows.num_rows % 4
+    assert plan.tokens == sum(len(d["input_ids"]) for d in docs)
+    assert plan.accum == 2
+    assert plan.max_seq_len == 256 and len(plan.files) == 2
 
+
+def test_plan_is_frozen_and_travels_to_workers(storage, tiny):
+    """Workers get the plan through Ray's pickling and cannot change what the other ranks see."""
+    import dataclasses
+    import pickle
+
+    from valley.train.plan import plan_run
+
+    tok, model = tiny
+    data, _ = build_data_dir(storage, tok, n_traces=30, seq_len=256)
+    plan = plan_run(_cfg(data, str(model)), storage, "train/x")
+    assert pickle.loads(pickle.dumps(plan)) == plan
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.pad_id = 3  # type: ignore[misc]
+
+
+def test_plan_takes_pad_id_and_seq_len_from_the_data_stage(storage, tiny, monkeypatch):
+    from types import SimpleNamespace
+
+    import transformers
+
+    from valley.train.plan import plan_run
+
+    tok, model = tiny
+    data, _ = build_data_dir(storage, tok, n_traces=30, seq_len=256)
+    manifest = storage.read_json(data, "manifest.json")
+    storage.write_json({**manifest, "pad_id": 7, "pad_id_from": "eos_token_id"}, data, "manifest.json")
+    plan = plan_run(_cfg(data, str(model), max_seq_len=None), storage, "train/x")
+    assert plan.pad_id == 7 and plan.max_seq_len == 256
+    # a manifest from before pad_id was recorded: the saved tokenizer's pad (here none, so its eos)
+    storage.write_json(manifest, data, "manifest.json")
+    seen = []
+
+    def fake_tokenizer(path, **_):
+        seen.append(path)
+        return SimpleNamespace(pad_token_id=None, eos_token_id=5)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_tokenizer)
+    assert plan_run(_cfg(data, str(model)), storage, "train/x").pad_id == 5
+    assert seen == [storage.path(data, "tokenizer")]
+
+    def broken(path, **_):
+        raise OSError("unreadable")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", broken)
+    assert plan_run(_cfg(data, str(model)), storage, "train/x").pad_id == 0  # the trainer's padding before
 
 def test_plan_rejects_bad_inputs(storage, tiny):
     from valley.train.plan import plan_run
@@ -174,8 +221,8 @@ def test_global_batch_must_divide():
     from valley.train.config import TrainConfig
 
     paper = TrainConfig(data="d", model="m")
-    assert (paper.global_batch_size, paper.learning_rate, paper.warmup_ratio, paper.epochs, paper.max_seq_len) == \
-        (128, 8e-5, 0.10, 5, 32768)
+    assert (paper.global_batch_size, paper.learning_rate, paper.warmup_ratio, paper.epochs) == (128, 8e-5, 0.10, 5)
+    assert paper.max_seq_len is None  # the data stage's seq_len
 
 
 def test_job_configs_load_and_size_their_batches():

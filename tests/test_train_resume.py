@@ -29,16 +29,16 @@ def test_killed_worker_resumes_to_the_same_weights(ray_local, storage, tmp_path)
     assert clean.steps >= 5 and clean.steps_per_epoch >= 2  # both kills below land mid-run
     # The kill lands right after the first epoch's checkpoint, before that epoch's export: the restarted
     # group must notice the missing export and write it before training on.
-    drill = TrainConfig(name="drill", max_failures=2, debug_kill_at_step=clean.steps_per_epoch,
+    drill = TrainConfig(name="drill", max_failures=2, fault_kill_at_step=clean.steps_per_epoch,
                         checkpoint_every_steps=1, export_every_epoch=True,
                         **{k: v for k, v in common.items() if k != "checkpoint_every_steps"})
     killed = run_train(drill, storage)
-    out = storage.relative(killed.output_dir)
+    out = killed.stage_dir
     assert storage.exists(out, KILL_FLAG), "the fault drill did not fire"
     # resumed from step 3: the logged history has every step once
     steps = [json.loads(x)["step"] for x in storage.read_text(out, "metrics.jsonl").splitlines()]
     assert steps == list(range(1, clean.steps + 1))
-    a = load_file(storage.path(storage.relative(clean.model_dir), "model.safetensors"))
+    a = load_file(storage.path(clean.model_dir, "model.safetensors"))
     b = load_file(storage.path(out, "model", "model.safetensors"))
     assert set(a) == set(b)
     for k in a:
@@ -50,7 +50,7 @@ def test_killed_worker_resumes_to_the_same_weights(ray_local, storage, tmp_path)
 
     # A job whose driver gave up (no retries left) is simply submitted again: the same config finds the
     # run's checkpoint snapshot in its stage dir and continues from the last checkpoint.
-    gave_up = TrainConfig(name="gaveup", max_failures=0, debug_kill_at_step=4, **common)
+    gave_up = TrainConfig(name="gaveup", max_failures=0, fault_kill_at_step=4, **common)
     with pytest.raises(Exception):  # noqa: B017 - Ray Train's failure type, whatever wraps the worker's exit
         run_train(gave_up, storage)
     out2 = storage.relative(storage.uri("train", f"gaveup-{gave_up.config_hash()[:12]}"))

@@ -67,7 +67,7 @@ def test_train_two_workers_zero3_end_to_end(ray_local, storage, tiny):
     result = run_train(cfg, storage)
 
     assert result.steps == 3 and result.steps_per_epoch == 1 and result.rows == rows
-    history = [json.loads(x) for x in storage.read_text(storage.relative(result.metrics_path)).splitlines()]
+    history = [json.loads(x) for x in storage.read_text(result.metrics_path).splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3]
     ref_loss, ref_norm, _ = _reference_step0(model_dir, docs)
     assert abs(history[0]["loss"] - ref_loss) < 1e-4, (history[0]["loss"], ref_loss)
@@ -79,7 +79,7 @@ def test_train_two_workers_zero3_end_to_end(ray_local, storage, tiny):
         assert h["tokens_per_s"] > 0 and h["tokens"] == sum(len(d["input_ids"]) for d in docs)
 
     # the export reloads with plain transformers, carries the trained weights and generates
-    out = storage.path(storage.relative(result.model_dir))
+    out = storage.path(result.model_dir)
     exported = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     before, after = _weights(Path(model_dir)), _weights(Path(out))
@@ -96,13 +96,13 @@ def test_train_two_workers_zero3_end_to_end(ray_local, storage, tiny):
     # per-epoch exports hold the weights after that epoch: step k+1's logged loss is computed with them
     assert sorted(result.epoch_model_dirs) == [1, 2, 3] and result.epoch_model_dirs[3] == result.model_dir
     for epoch in (1, 2):
-        epoch_dir = storage.path(storage.relative(result.epoch_model_dirs[epoch]))
+        epoch_dir = storage.path(result.epoch_model_dirs[epoch])
         marker = json.loads((Path(epoch_dir) / "valley_train.json").read_text())
         assert marker["epoch"] == epoch and marker["steps"] == epoch
         assert abs(_reference_step0(epoch_dir, docs)[0] - history[epoch]["loss"]) < 1e-4
 
     # stage 2 (continue training) can start from this run's directory
-    assert resolve_model(storage, storage.relative(result.output_dir)) == result.model_dir
+    assert resolve_model(storage, result.stage_dir) == storage.uri(result.model_dir)
     # same config again: skipped, nothing retrained
     again = run_train(cfg, storage)
     assert again.skipped and again.model_dir == result.model_dir
@@ -122,14 +122,15 @@ def test_trains_on_the_data_stage_output(ray_local, storage, tmp_path, tiny):
     traces.write_text("".join(json.dumps(r) + "\n" for r in make_traces(60, seed=5)))
     data = run_data(DataConfig(name="d", inputs=[str(traces)], tokenizer=str(tok_dir), max_seq_len=1024,
                                subsets=[SubsetSpec(name="r40", kind="random", size=40)]), storage)
-    cfg = TrainConfig(data=storage.relative(data.output_dir), subset="r40", model=str(model_dir),
-                      global_batch_size=2, micro_batch_size=1, num_workers=2, epochs=2, max_seq_len=1024,
+    cfg = TrainConfig(data=data.stage_dir, subset="r40", model=str(model_dir),
+                      global_batch_size=2, micro_batch_size=1, num_workers=2, epochs=2,
                       learning_rate=3e-3, cpus_per_worker=0.5, checkpoint_every_steps=100, max_failures=0)
+    assert cfg.max_seq_len is None  # the data stage's seq_len, and its pad_id, come from its manifest
     result = run_train(cfg, storage)
     packed = storage.read_parquet(data.subsets["r40"]["path"])
     assert result.rows == packed.num_rows and result.steps == 2 * (result.rows // 2)
     assert result.tokens_per_epoch == sum(packed.column("n_tokens").to_pylist())
-    history = [json.loads(x) for x in storage.read_text(storage.relative(result.metrics_path)).splitlines()]
+    history = [json.loads(x) for x in storage.read_text(result.metrics_path).splitlines()]
     assert len(history) == result.steps and all(math.isfinite(h["loss"]) for h in history)
     assert history[-1]["loss"] < history[0]["loss"]
 
@@ -149,7 +150,7 @@ def test_bf16_zero3_path_runs_and_exports_bf16(ray_local, storage, tiny):
                       epochs=1, max_seq_len=512, precision="bf16", learning_rate=1e-3, cpus_per_worker=0.5,
                       max_failures=0)
     result = run_train(cfg, storage)
-    history = [json.loads(x) for x in storage.read_text(storage.relative(result.metrics_path)).splitlines()]
+    history = [json.loads(x) for x in storage.read_text(result.metrics_path).splitlines()]
     assert len(history) == result.steps and all(math.isfinite(h["loss"]) for h in history)
-    weights = load_file(str(Path(storage.path(storage.relative(result.model_dir))) / "model.safetensors"))
+    weights = load_file(str(Path(storage.path(result.model_dir)) / "model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}

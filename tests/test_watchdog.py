@@ -85,7 +85,7 @@ def test_training_worker_stalled_in_startup_fails_with_the_phase_named(ray_local
     data, _ = build_data_dir(storage, tok, n_traces=8, seq_len=256, name="data/stall")
     cfg = TrainConfig(name="stall", data=data, model=str(model), global_batch_size=2, micro_batch_size=1,
                       num_workers=2, epochs=1, max_seq_len=256, cpus_per_worker=0.5, max_failures=0,
-                      stall_timeout_s=120, debug_stall_phase="model_load", debug_stall_s=3600)
+                      stall_timeout_s=120, fault_stall_phase="model_load", fault_stall_s=3600)
     with pytest.raises(StallError) as info:
         run_train(cfg, storage)
     err = info.value

@@ -41,10 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, dots for nesting (repeatable)")
         _add_common(p)
+        if stage == "report":
+            p.add_argument("--partial", action="store_true", help="report whatever evaluations of a `valley run` "
+                           "study have finished (no config: read from the study's storage)")
+            p.add_argument("--experiment", default=None, help="with --partial: which study under --storage")
     p = sub.add_parser("run", help="run an experiment spec end to end (skips finished stages)")
     p.add_argument("spec")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--plan", action="store_true", help="print the capacity plan first; stop if a run cannot fit")
+    p.add_argument("--plan", action="store_true", help="print the study graph and the capacity plan first; stop "
+                   "if a training run cannot fit its GPUs")
+    p.add_argument("--dry-run", action="store_true", help="with --plan: stop after printing the plans")
     _add_common(p)
     from valley.capacity.command import add_plan_flags
 
@@ -60,10 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="also run the GPU acceptance checks (CUDA, attention, "
                    "ZeRO-3 step, vLLM)")
     from valley.decontam.command import add_decontam_parser
+    from valley.experiment.command import add_status_parser
     from valley.imports.command import add_import_parser
 
     add_import_parser(sub, _add_common)
     add_decontam_parser(sub, _add_common)
+    add_status_parser(sub, lambda q: q.add_argument("--storage", default=DEFAULT_STORAGE,
+                                                    help="storage root holding the study"))
     p = sub.add_parser("demo", help="write the synthetic demo corpus and problems (offline)")
     p.add_argument("--out", default="demo-data", help="directory for the demo files")
     p.add_argument("--n-traces", type=int, default=2000)
@@ -110,14 +119,24 @@ def main(argv: list[str] | None = None) -> int:
             from valley.doctor import main as doctor_main
 
             return doctor_main(storage_root=args.storage, gpu=args.gpu)
+        if args.command == "status":
+            from valley.experiment.command import status_main
+
+            return status_main(args)
         if args.command == "run" and args.plan:
             from valley.capacity.command import plan_from_args, print_plan
+            from valley.experiment import load_spec, plan_study
+            from valley.experiment.command import print_graph
 
+            spec = load_spec(args.spec, args.overrides)
+            print_graph(plan_study(spec), spec.max_concurrent.model_dump())
             study_plan = plan_from_args(args)
             print_plan(study_plan, args)
             if not study_plan.all_fit:
                 print("valley: error: a training run does not fit its GPUs (see the plan above)", file=sys.stderr)
                 return 3
+            if args.dry_run:
+                return 0
         from valley import runtime
 
         runtime.init(args.ray_address, num_cpus=args.num_cpus, quiet=not args.verbose)
@@ -125,12 +144,20 @@ def main(argv: list[str] | None = None) -> int:
             from valley.experiment import run_experiment_file
 
             result = run_experiment_file(args.spec, args.overrides, args.storage)
+        elif args.command == "report" and args.partial:
+            from valley.experiment.command import partial_report
+            from valley.storage import Storage
+
+            result = partial_report(Storage(args.storage), args.experiment)
         elif args.command in ("import", "decontam"):
             module = importlib.import_module(f"valley.{'imports' if args.command == 'import' else 'decontam'}.command")
             result = module.run_from_args(args)
         else:
             result = run_stage(args.command, args.config, args.overrides, args.storage)
-        _print_result(result)
+        from valley.stage import located
+        from valley.storage import Storage
+
+        _print_result(located(result, Storage(args.storage)))  # results hold root-relative paths: show URIs
         return 0
     except ValleyError as exc:
         print(f"valley: error: {exc}", file=sys.stderr)

@@ -29,10 +29,14 @@ class StageConfig(BaseModel):
 
     # Fields that change how a stage runs but not what it produces (parallelism, addresses, logging).
     hash_exclude: ClassVar[frozenset[str]] = frozenset({"name"})
+    # Fields left out of the hash while None: optional fields added after configs that set them were
+    # hashed (None = take the value from an earlier stage's output, which the hash already names).
+    hash_exclude_if_none: ClassVar[frozenset[str]] = frozenset()
 
     def config_hash(self) -> str:
         """sha256 over the canonical JSON of every field that can change the outputs."""
-        payload = self.model_dump(mode="json", exclude=set(self.hash_exclude))
+        unset = {f for f in self.hash_exclude_if_none if getattr(self, f) is None}
+        payload = self.model_dump(mode="json", exclude=set(self.hash_exclude) | unset)
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -92,24 +96,3 @@ def load(model: type[C], path: str | Path | None = None, overrides: list[str] | 
 def dump_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
-
-# Every stage's config, importable from here too (lazily: the stage modules import this one).
-_REEXPORTS = {
-    "DataConfig": "valley.data.config",
-    "SubsetSpec": "valley.data.config",
-    "ColumnMapping": "valley.data.config",
-    "LabelConfig": "valley.grade.config",
-    "GradeConfig": "valley.grade.config",
-    "TrainConfig": "valley.train.config",
-    "GenerateConfig": "valley.generate.config",
-    "ReportConfig": "valley.report.config",
-    "ExperimentSpec": "valley.experiment",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _REEXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_REEXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,7 @@ capacity, an upper bound on what was busy.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,17 +28,19 @@ class CostLedger:
     def __init__(self, storage: Storage, experiment: str):
         self.storage, self.parts = storage, ("experiments", experiment, "costs.json")
         self.records: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()  # the study runs stages on several threads at once
         if storage.exists(*self.parts):
             self.records = {f"{r['stage']}/{r['run']}": r for r in storage.read_json(*self.parts)}
 
     def record(self, stage: str, run: str, wall_s: float, cpus: float, gpus: float, skipped: bool) -> None:
         key = f"{stage}/{run}"
-        if skipped and key in self.records:
-            return  # keep the timing of the run that did the work
-        self.records[key] = {"stage": stage, "run": run, "wall_s": round(wall_s, 2),
-                             "core_s": round(wall_s * cpus, 1), "gpu_s": round(wall_s * gpus, 1),
-                             "cpus": cpus, "gpus": gpus, "timed_when_skipped": skipped}
-        self.storage.write_json(list(self.records.values()), *self.parts)
+        with self._lock:
+            if skipped and key in self.records:
+                return  # keep the timing of the run that did the work
+            self.records[key] = {"stage": stage, "run": run, "wall_s": round(wall_s, 2),
+                                 "core_s": round(wall_s * cpus, 1), "gpu_s": round(wall_s * gpus, 1),
+                                 "cpus": cpus, "gpus": gpus, "timed_when_skipped": skipped}
+            self.storage.write_json(list(self.records.values()), *self.parts)
 
     def rows(self) -> list[dict[str, Any]]:
         return list(self.records.values())

@@ -212,22 +212,22 @@ def zero3_rank(model_dir: str, seq_len: int, steps: int) -> dict[str, Any]:
 
     from valley.train.config import TrainConfig
     from valley.train.flops import peak_flops
-    from valley.train.loop import _setup_deepspeed, _train_step
+    from valley.train.loop import EngineSpec, _setup_deepspeed, _train_step
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = torch.device("cuda", rank)
     torch.cuda.set_device(device)
     cfg = TrainConfig(data="-", model="-", num_workers=world, global_batch_size=world, micro_batch_size=1,
                       max_seq_len=seq_len, use_gpu=True, precision="bf16", attn_implementation="flex_attention")
-    plan = {"total_steps": steps, "model_dir": model_dir, "attn_implementation": "flex_attention",
-            "peak_flops": peak_flops(torch.cuda.get_device_name(device))}
-    engine, _ = _setup_deepspeed(cfg, plan, world, device, *_quiet_heartbeat())
+    spec = EngineSpec(model_dir=model_dir, attn_implementation="flex_attention", total_steps=steps,
+                      peak_flops=peak_flops(torch.cuda.get_device_name(device)))
+    engine, _ = _setup_deepspeed(cfg, spec, world, device, *_quiet_heartbeat())
     engine.train()
     config = AutoConfig.from_pretrained(model_dir)
     metrics: dict[str, Any] = {}
     for step in range(steps):
         mb = _packed_rows(1, seq_len, config.vocab_size, seed=rank * 100 + step)
-        metrics = _train_step(engine, [mb], cfg, plan, world, device, config)
+        metrics = _train_step(engine, [mb], cfg, spec, world, device, config)
     metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 1024 ** 3
     return metrics
 

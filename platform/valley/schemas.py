@@ -78,7 +78,7 @@ SAMPLES = pa.schema(
         pa.field("prompt", pa.string()),
         pa.field("response", pa.string(), nullable=False),
         pa.field("n_tokens", pa.int32()),
-        pa.field("finish_reason", pa.string()),  # stop | length
+        pa.field("finish_reason", pa.string()),  # stop | length (max_tokens) | context (window full first)
         pa.field("model", pa.string()),
         pa.field("backend", pa.string()),
         # Set only for imported samples (`valley import`) whose file carries the harness's own verdict:
@@ -115,6 +115,19 @@ VERDICT_TESTS = pa.schema(
     ]
 )
 
+# Grade of one TACO trace's final code against the trace's own tests (the label stage's verdicts).
+LABEL_VERDICTS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("question_id", pa.string(), nullable=False),
+        pa.field("verdict", pa.string(), nullable=False),
+        pa.field("passed_tests", pa.int32()),
+        pa.field("total_tests", pa.int32()),
+        pa.field("first_failure", pa.string()),
+        pa.field("runtime_s", pa.float64()),
+    ]
+)
+
 VERDICT_VALUES = (
     "pass",
     "wrong_answer",
@@ -140,5 +153,15 @@ RESULTS = pa.schema(
         pa.field("ci_high", pa.float64()),
         pa.field("model", pa.string()),  # student model of the run (Table 1 has one block per model)
         pa.field("epoch", pa.int32()),  # set for per-epoch evaluations (valley across training steps)
+    ]
+)
+
+# A key the report could not match: a sample without a verdict or problem, or a verdict without a sample.
+UNMATCHED = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("question_id", pa.string()),
+        pa.field("sample_idx", pa.int64()),
+        pa.field("kind", pa.string()),  # sample_without_verdict | verdict_without_sample | sample_without_problem
     ]
 )

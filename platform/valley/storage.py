@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from valley.errors import ConfigError
+
 SUCCESS = "_SUCCESS"
 TMP_PREFIX = "._tmp-"
 
@@ -25,7 +27,7 @@ TMP_PREFIX = "._tmp-"
 class Storage:
     """A storage root. `Storage("runs/exp1")` or `Storage("s3://bucket/prefix")`."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, *, create: bool = True):
         if "://" in root and not root.startswith("file://"):
             self.fs, base = pafs.FileSystem.from_uri(root)
             self.scheme = root.split("://", 1)[0]
@@ -39,14 +41,16 @@ class Storage:
             self.local = True
         self.base = base.rstrip("/") or "/"
         self.root = root
-        self.fs.create_dir(self.base, recursive=True)
+        if create:  # an input location (see `resolve`) is only read: nothing is made there
+            self.fs.create_dir(self.base, recursive=True)
 
     def __repr__(self) -> str:
         return f"Storage({self.root!r})"
 
     # ---- paths -------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
-        """Filesystem path (for `self.fs`) of a location under the root."""
+        """Filesystem path (for `self.fs`) of a location under the root; empty parts name the root itself."""
+        parts = tuple(p for p in parts if p)
         return posixpath.join(self.base, *parts) if parts else self.base
 
     def uri(self, *parts: str) -> str:
@@ -55,9 +59,44 @@ class Storage:
         return f"{self.scheme}://{p}" if self.scheme else p
 
     def relative(self, path: str) -> str:
-        """Inverse of `path`: the part under the root."""
-        p = path.split("://", 1)[-1]
-        return posixpath.relpath(p, self.base)
+        """Inverse of `path` and `uri`: the part under the root ("" for the root). A path that is already
+        relative is taken as under the root; an absolute path or URI elsewhere is a ValueError."""
+        rel = self._under_root(path)
+        if rel is None:
+            raise ValueError(f"{path} is not under the storage root {self.root}")
+        return rel
+
+    def _under_root(self, path: str) -> str | None:
+        """The root-relative form of `path`, or None when it is an absolute location outside the root."""
+        scheme, _, bare = path.rpartition("://")
+        if not scheme and not os.path.isabs(bare):
+            rel = posixpath.normpath(bare)
+            return "" if rel == "." else rel
+        if (scheme or "file") != (self.scheme or "file"):
+            return None
+        if bare == self.base or (bare.startswith(self.base.rstrip("/") + "/")):
+            rel = posixpath.relpath(bare, self.base)
+            return "" if rel == "." else rel
+        return None
+
+    def resolve(self, path: str, *, must_exist: bool = False) -> tuple[Storage, str]:
+        """A user path -> (storage holding it, path relative to that storage).
+
+        One rule for every stage input: a relative path is under this root, or, when only the working
+        directory has it, there (LCB files, corpora beside the checkout); an absolute path or URI inside
+        this root is that root-relative path; any other absolute path or URI is its own (read-only) root
+        with "" as the path. `must_exist`: a location that is not there is a ConfigError naming `path`.
+        """
+        rel = self._under_root(path)
+        here_only = ("://" not in path and not os.path.isabs(path) and bool(rel) and not self.exists(rel)
+                     and os.path.exists(path))
+        if rel is not None and not here_only:
+            found: tuple[Storage, str] = (self, rel)
+        else:
+            found = Storage(path if "://" in path else os.path.abspath(path), create=False), ""
+        if must_exist and not found[0].exists(found[1]):
+            raise ConfigError(f"{path} does not exist")
+        return found
 
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound

@@ -199,6 +199,14 @@ def loss_bytes(shape: ModelShape, tokens: int, chunk_tokens: int, trained_fracti
     return per_chunk * shape.vocab * 12 + 2 * int(tokens * trained_fraction) * shape.hidden * 4
 
 
+
+def packed_length(cfg: TrainConfig) -> int:
+    """The packed row length a run trains on: its own `max_seq_len`, else the data stage's default (a run
+    without one takes the length its data was packed to)."""
+    from valley.data.config import DataConfig
+
+    return cfg.max_seq_len or DataConfig.model_fields["max_seq_len"].default
+
 def rank_memory(shape: ModelShape, cfg: TrainConfig, world_size: int | None = None, device: str = "gpu",
                 gpus_per_node: int = 8, trained_fraction: float = 1.0, attn: str | None = None) -> RankMemory:
     """Peak bytes on one rank's device for a run of `cfg` over `world_size` ranks.
@@ -244,7 +252,8 @@ def rank_memory(shape: ModelShape, cfg: TrainConfig, world_size: int | None = No
     # sqrt(v): one more partition-sized tensor with CUDA's foreach kernels, two on CPU's per-tensor path
     partition = math.ceil(total / (world if parts["optimizer"] else 1))
     step = 0 if cfg.offload_optimizer else partition * 4 * (1 + (2 if device == "cpu" else 1))
-    tokens = cfg.micro_batch_size * cfg.max_seq_len
+    seq_len = packed_length(cfg)
+    tokens = cfg.micro_batch_size * seq_len
     impl = attn or resolve_attn(cfg, device)
     ds = None
     if stage == 3 and p_bytes == 2 and device != "cpu":
@@ -252,8 +261,8 @@ def rank_memory(shape: ModelShape, cfg: TrainConfig, world_size: int | None = No
     return RankMemory(
         params=params, grads=grads, optimizer=optimizer, gathered_layer=gathered, zero_buffers=zero_buffers,
         activations=activation_bytes(shape, tokens, p_bytes, cfg.gradient_checkpointing),
-        attention_mask=mask_bytes(impl, cfg.micro_batch_size, cfg.max_seq_len, p_bytes),
-        attention_scores=scores_bytes(shape, impl, cfg.micro_batch_size, cfg.max_seq_len, p_bytes),
+        attention_mask=mask_bytes(impl, cfg.micro_batch_size, seq_len, p_bytes),
+        attention_scores=scores_bytes(shape, impl, cfg.micro_batch_size, seq_len, p_bytes),
         loss=loss_bytes(shape, tokens, cfg.loss_chunk_tokens, trained_fraction), optimizer_step=step,
         host_offloaded=offloaded, deepspeed_estimate=ds)
 

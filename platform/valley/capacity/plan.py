@@ -20,7 +20,8 @@ from typing import Any
 
 from valley.capacity.assumptions import Assumptions
 from valley.capacity.cluster import GpuNode
-from valley.capacity.memory import GIB, ModelShape, RankMemory, rank_memory, resolve_attn
+from valley.capacity.memory import GIB, ModelShape, RankMemory, packed_length, rank_memory, resolve_attn
+from valley.experiment.plan import train_fields
 from valley.train.config import TrainConfig
 from valley.train.flops import PEAK_BF16_TFLOPS, train_flops
 
@@ -121,35 +122,20 @@ class TrainRun:
 
 
 def train_runs(spec: Any) -> list[TrainRun]:
-    """The training runs experiment.plan_and_train will make, in its order."""
-    study = spec.study
-    out = []
-    for student in spec.students:
-        out += [TrainRun(student, f"r{s}", f"r{s}", s) for s in sorted(study.scaling_sizes)]
-        starts = ["base"] + ([f"r{study.stage2_from_size}"] if study.stage2_from_size is not None else [])
-        paired = []
-        if study.correctness_size:
-            paired += [("correct", study.correctness_size), ("incorrect", study.correctness_size)]
-        if study.difficulty_size:
-            paired += [("easy", study.difficulty_size), ("hard", study.difficulty_size)]
-        out += [TrainRun(student, f"{subset}-from-{start}", subset, size)
-                for subset, size in paired for start in starts]
-    return out
+    """The study's training runs, in the order of its graph (`experiment.plan_study`)."""
+    from valley.experiment.plan import plan_study
+
+    students = {s.name: s for s in spec.students}
+    return [TrainRun(students[n.student], n.name.removeprefix(f"{spec.experiment}-{n.student}-"),
+                     n.params["subset"], n.params["size"])
+            for n in plan_study(spec).nodes if n.kind == "train"]
 
 
-def eval_runs(spec: Any, epochs: int) -> list[str]:
+def eval_runs(spec: Any) -> list[str]:
     """Ids of the evaluations that generate (aliases — epoch 0 and the final epoch — reuse another's)."""
-    study = spec.study
-    out = []
-    for student in spec.students:
-        if study.evaluate_base:
-            out.append(f"{student.name}-base")
-        for run in (r for r in train_runs(spec) if r.student is student):
-            out.append(f"{student.name}-{run.tag}")
-            kind = "random" if run.subset.startswith("r") and run.subset[1:].isdigit() else run.subset
-            if kind in study.per_epoch_eval:
-                out += [f"{student.name}-{run.tag}-e{k}" for k in range(1, epochs)]
-    return out
+    from valley.experiment.plan import plan_study
+
+    return [r.run_id for r in plan_study(spec).runs if r.alias_of is None]
 
 
 # ---------------------------------------------------------------- inputs: shapes, tokens, problems
@@ -289,7 +275,7 @@ def fix_for(shape: ModelShape, cfg: TrainConfig, world: int, node: GpuNode, usab
         if total(update) <= usable:
             return found(update)
     lean = {k: v for c in candidates for k, v in c.items()}  # every knob at once
-    seq = cfg.max_seq_len
+    seq = packed_length(cfg)
     while seq > 1024:
         seq //= 2
         if total({**lean, "max_seq_len": seq}) <= usable:
@@ -305,7 +291,7 @@ def plan_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
     """The whole study's plan (pure apart from reading configs, manifests, samples and a corpus sample)."""
     a = assumptions or Assumptions()
     plan = StudyPlan(experiment=spec.experiment, node=asdict(node), assumptions=asdict(a))
-    base_cfg = TrainConfig(data="-", model="-", **spec.train)
+    base_cfg = TrainConfig(data="-", model="-", **train_fields(spec))
     world = base_cfg.num_workers
     nodes = math.ceil(world / node.gpus_per_node)
     peak = PEAK_BF16_TFLOPS.get(node.gpu_name, PEAK_BF16_TFLOPS["H100"]) * 1e12
@@ -334,7 +320,7 @@ def plan_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
             per_trace, source = per_trace_cache[student.name]
             tokens = int(run.traces * per_trace)
             loss_tokens, docs, eff = int(tokens * a.loss_token_fraction), run.traces, a.pack_efficiency
-        rows = math.ceil(tokens / (base_cfg.max_seq_len * eff))
+        rows = math.ceil(tokens / (packed_length(base_cfg) * eff))
         steps = max(rows // base_cfg.global_batch_size, 1) * base_cfg.epochs
         mean_doc = max(tokens / max(docs, 1), 1.0)
         # documents of the mean length: attention's n² term is slightly under-counted for a spread of lengths
@@ -358,7 +344,7 @@ def plan_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
     previous = previous_response_tokens(storage_root, spec.experiment)
     expected, length_source = (previous, "previous-run") if previous else (float(budget), "budget")
     plan.notes.append(f"problems per evaluation: {problems} ({problems_source})")
-    for run_id in eval_runs(spec, base_cfg.epochs):
+    for run_id in eval_runs(spec):
         tokens = problems * n * expected
         plan.evaluate.append(EvalPlan(run=run_id, problems=problems, samples=problems * n, expected_tokens=expected,
                                       length_source=length_source, tokens=tokens,

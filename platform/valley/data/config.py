@@ -111,11 +111,12 @@ class DataConfig(StageConfig):
     dedup_questions: bool = False  # keep one trace per question (the first in seeded order)
     subsets: list[SubsetSpec] = Field(default_factory=lambda: [SubsetSpec(name="all", kind="all")])
     seed: int = 0
-    # Execution knobs (do not change outputs).
+    # Task sizes. All but tokenize_concurrency are hashed; group_docs changes the output: documents are
+    # packed only with others of their group, so bigger groups pack tighter into fewer rows.
     chunk_rows: int = Field(default=20_000, gt=0)  # rows per ingest task
     join_partitions: int = Field(default=16, gt=0)  # hash partitions of the join (bounds each task's memory)
     group_docs: int = Field(default=4096, gt=0)  # docs per tokenize/pack task (bigger packs tighter)
-    tokenize_concurrency: int | None = None  # tokenizer actors; None = CPUs available
+    tokenize_concurrency: int | None = None  # tokenizer actors; None = CPUs available (output-neutral)
 
     hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "tokenize_concurrency"})
 

@@ -25,7 +25,7 @@ from valley.data.validate import Reject, reject_row, validate_trace
 from valley.errors import InputError
 from valley.storage import Storage
 
-STATS_DIR = "_ingest"
+INGEST_STATS_DIR = "_ingest"
 
 
 def process_chunk(chunk: Chunk, cfg: DataConfig, keys: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
@@ -87,7 +87,7 @@ def _ingest_batch(batch: dict[str, Any], cfg_json: str, storage_root: str, out_d
 
 def ingest_one(chunk: Chunk, cfg: DataConfig, storage: Storage, out_dir: str) -> dict[str, Any]:
     """Ingest one chunk unless its sidecar says it is finished."""
-    sidecar = (out_dir, STATS_DIR, f"{chunk.key}.json")
+    sidecar = (out_dir, INGEST_STATS_DIR, f"{chunk.key}.json")
     if storage.exists(*sidecar):
         return storage.read_json(*sidecar)
     keys: list[dict] = []

@@ -18,20 +18,21 @@ import json
 import posixpath
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
-from pydantic import BaseModel
 
 from valley import schemas
 from valley.data.config import ColumnMapping, DataConfig, SubsetSpec
 from valley.data.ingest import run_ingest
 from valley.data.joins import check_inputs, run_joins
+from valley.data.pad import pad_entry
 from valley.data.readers import expand_inputs, file_fingerprint, plan_chunks
 from valley.data.subsets import dedup_questions, seeded_order, select_subsets, split_duplicate_ids
 from valley.data.tokenize import plan_groups, run_tokenize
 from valley.errors import ConfigError
-from valley.storage import Storage, stage_dir
+from valley.stage import StageResult, run_stage
+from valley.storage import Storage
 
 __all__ = ["ColumnMapping", "DataConfig", "DataResult", "SubsetSpec", "run_data"]
 
@@ -39,15 +40,15 @@ META_COLUMNS = ["id", "question_id", "source", "difficulty", "difficulty_bucket"
                 "source_row"]
 
 
-class DataResult(BaseModel):
-    output_dir: str
+class DataResult(StageResult):
     config_hash: str
-    skipped: bool = False
     accepted: int
     rejected: int
     rejected_by_reason: dict[str, int]
     questions_deduplicated: int = 0  # traces kept out of every subset by `dedup_questions`
-    subsets: dict[str, dict[str, Any]]
+    subsets: dict[str, dict[str, Any]]  # each with `path`: its tokenized rows, under the storage root
+
+    renamed_fields: ClassVar[dict[str, str]] = {"output_dir": "stage_dir"}  # markers before stage_dir
 
 
 def _fingerprint(paths: list[str]) -> str:
@@ -125,11 +126,11 @@ def run_data(cfg: DataConfig, storage: Storage) -> DataResult:
     """Run the data stage; idempotent (a finished run with the same config and inputs is skipped)."""
     files = expand_inputs(cfg.inputs)
     h = run_hash(cfg, files)
-    out = stage_dir("data", cfg.name, h)
-    if storage.is_complete(out, h):
-        return DataResult(**storage.success_summary(out), skipped=True)
+    return run_stage(storage, "data", cfg.name, h, DataResult, lambda out: _run(cfg, storage, files, h, out))
 
-    storage.clean_temporaries(out)  # only a killed earlier run of this same config can have left them
+
+def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) -> DataResult:
+    """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
     # 1. ingest + validate (+ join), parallel and resumable per chunk
     reasons, think, joins = build_traces(cfg, storage, out, files)
 
@@ -168,7 +169,7 @@ def run_data(cfg: DataConfig, storage: Storage) -> DataResult:
         subsets[name]["path"] = posixpath.join(out, "tokenized", name)
 
     summary = {
-        "output_dir": storage.uri(out),
+        "stage_dir": out,
         "config_hash": h,
         "accepted": accepted,
         "rejected": sum(reasons.values()),
@@ -176,8 +177,7 @@ def run_data(cfg: DataConfig, storage: Storage) -> DataResult:
         "questions_deduplicated": accepted - ordered.num_rows,
         "subsets": subsets,
     }
-    manifest = dict(summary, **({"joins": joins} if joins is not None else {}), seq_len=cfg.max_seq_len, packing=cfg.packing, tokenizer=cfg.tokenizer,
+    manifest = dict(summary, **({"joins": joins} if joins is not None else {}), seq_len=cfg.max_seq_len, packing=cfg.packing, tokenizer=cfg.tokenizer, **pad_entry(cfg.tokenizer),
                     think_structure=dict(think), inputs=files, config=cfg.model_dump(mode="json"))
     storage.write_json(manifest, out, "manifest.json")
-    storage.mark_success(out, h, summary)
     return DataResult(**summary)

@@ -23,7 +23,7 @@ from valley.data.config import DataConfig
 from valley.data.packing import Doc, PackedRow, one_per_row, pack_best_fit
 from valley.storage import Storage
 
-STATS_DIR = "_stats"
+TOKENIZE_STATS_DIR = "_stats"
 
 
 def plan_groups(subset: str, members: pa.Table, group_docs: int) -> list[dict[str, Any]]:
@@ -79,8 +79,8 @@ class TokenizePacker:
     def one_group(self, group: dict[str, Any]) -> dict[str, Any]:
         name = f"part-{group['group']:05d}"
         sub = posixpath.join(self.out_dir, "tokenized", group["subset"])
-        if self.storage.exists(sub, STATS_DIR, f"{name}.json"):
-            return self.storage.read_json(sub, STATS_DIR, f"{name}.json")
+        if self.storage.exists(sub, TOKENIZE_STATS_DIR, f"{name}.json"):
+            return self.storage.read_json(sub, TOKENIZE_STATS_DIR, f"{name}.json")
         wanted = pa.array(group["ids"], pa.string())
         tables = [
             self.storage.read_parquet(self.out_dir, "traces", part, columns=["id", "question", "response"])
@@ -106,7 +106,7 @@ class TokenizePacker:
             "truncated": dropped["truncated"],
             "dropped": dropped["dropped"],
         }
-        self.storage.write_json(stats, sub, STATS_DIR, f"{name}.json")
+        self.storage.write_json(stats, sub, TOKENIZE_STATS_DIR, f"{name}.json")
         return stats
 
 

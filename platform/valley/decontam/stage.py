@@ -27,15 +27,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from valley import schemas
 from valley.config import StageConfig
 from valley.decontam.index import EvalIndex, EvalProblem, build_index
 from valley.decontam.match import KINDS, MatchRule, match_question
 from valley.errors import ConfigError, InputError
-from valley.grade.formats import iter_json_records
-from valley.storage import Storage, stage_dir
+from valley.problems import iter_json_records
+from valley.stage import StageResult, run_stage
+from valley.storage import Storage
 
 STAGE = "decontam"
 ALL = "all"
@@ -83,8 +84,7 @@ class DecontamConfig(StageConfig):
     hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "batch_size", "concurrency"})
 
 
-class DecontamResult(BaseModel):
-    stage_dir: str
+class DecontamResult(StageResult):
     matches: str
     pairs: str
     report_md: str
@@ -95,7 +95,8 @@ class DecontamResult(BaseModel):
     n_contaminated: int
     subsets: dict[str, dict[str, Any]]
     index: dict[str, Any]
-    skipped: bool = False
+
+    path_fields: ClassVar[tuple[str, ...]] = ("matches", "pairs", "report_md", "report_json", "traces", "rejects")
 
 
 # ---- inputs -------------------------------------------------------------------------------------------
@@ -127,19 +128,13 @@ def read_eval_problems(paths: list[str]) -> tuple[list[EvalProblem], int]:
     return list(problems.values()), duplicates
 
 
-def _local(path: str, storage: Storage) -> str:
-    """Absolute paths and paths that exist from the working directory as given; others under the storage."""
-    if "://" in path or os.path.isabs(path) or os.path.exists(path) or globmod.has_magic(path):
-        return path
-    return storage.path(path)
-
-
 def resolve_traces(storage: Storage, path: str) -> tuple[pafs.FileSystem, list[str], dict[str, str]]:
     """(filesystem, Parquet files of the traces, subset name -> ids Parquet) for a data-stage dir or tables."""
-    if "://" in path:
-        fs, base = pafs.FileSystem.from_uri(path)
+    if globmod.has_magic(path) and "://" not in path:  # a pattern of local files, from the working directory
+        fs, base = pafs.LocalFileSystem(), os.path.abspath(path)
     else:
-        fs, base = pafs.LocalFileSystem(), os.path.abspath(_local(path, storage))
+        st, rel = storage.resolve(path)
+        fs, base = st.fs, st.path(rel)
     if globmod.has_magic(base) and isinstance(fs, pafs.LocalFileSystem):
         files = sorted(f for f in globmod.glob(base) if f.endswith(".parquet"))
         if not files:
@@ -360,9 +355,13 @@ def run_decontam(cfg: DecontamConfig, storage: Storage) -> DecontamResult:
     problem_files = list(cfg.problems)
     h = hashlib.sha256((cfg.config_hash() + _fingerprint(fs, files) + _fingerprint(pafs.LocalFileSystem(), [
         os.path.abspath(p) for p in problem_files if os.path.exists(p)])).encode()).hexdigest()
-    out = stage_dir(STAGE, cfg.name, h)
-    if storage.is_complete(out, h):
-        return DecontamResult(**storage.success_summary(out), skipped=True)
+    return run_stage(storage, STAGE, cfg.name, h, DecontamResult,
+                     lambda out: _decontam(cfg, storage, out, fs, files, subset_files, problem_files))
+
+
+def _decontam(cfg: DecontamConfig, storage: Storage, out: str, fs: pafs.FileSystem, files: list[str],
+              subset_files: dict[str, str], problem_files: list[str]) -> DecontamResult:
+    """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
     storage.remove(out, "traces")  # a drop pass of an interrupted run is redone, never mixed
 
     problems, duplicates = read_eval_problems(problem_files)
@@ -412,10 +411,8 @@ def run_decontam(cfg: DecontamConfig, storage: Storage) -> DecontamResult:
     storage.write_json({"config": cfg.model_dump(mode="json"), "index": index.stats, "subsets": reports,
                         "dropped": dropped}, out, "report.json")
     storage.write_text(render_markdown(cfg, reports, index.stats, dropped), out, "report.md")
-    result = DecontamResult(
+    return DecontamResult(
         stage_dir=out, matches=f"{out}/matches.parquet", pairs=f"{out}/pairs.parquet", report_md=f"{out}/report.md",
         report_json=f"{out}/report.json", traces=traces_dir, rejects=rejects_path, n_traces=n_traces,
         n_contaminated=len(contaminated), subsets={r["subset"]: r for r in summary_reports}, index=index.stats,
     )
-    storage.mark_success(out, h, result.model_dump(exclude={"skipped"}))
-    return result

@@ -7,9 +7,9 @@ is not, so re-running with more replicas reuses finished outputs.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from valley.config import StageConfig
 from valley.generate.prompts import LCB_SYSTEM_MESSAGE
@@ -52,13 +52,21 @@ class PoolConfig(BaseModel):
     target_ongoing_requests: float = Field(default=2.0, gt=0)  # Serve autoscaling target per replica
     app_name: str = "valley-generate"  # Serve application name
     keep_serving: bool = False  # Serve: leave the deployment up after the stage (a long-lived pool)
-    # Testing hook: the first replica call that finds this file missing creates it and kills its own
-    # process, so tests can show that a failed replica is replaced and its requests retried.
-    crash_once_file: str | None = None
+    # Fault injection (the old name crash_once_file still loads): the first replica call that finds this
+    # file missing creates it and kills its own process, so tests can show that a failed replica is
+    # replaced and its requests retried. `pool` is outside the hash, so this never changes it.
+    fault_crash_once_file: str | None = Field(
+        default=None, validation_alias=AliasChoices("fault_crash_once_file", "crash_once_file"))
 
 
 class GenerateConfig(StageConfig):
-    """LCB generation: problems -> prompts (model's chat template) -> n samples each -> samples Parquet."""
+    """LCB generation: problems -> prompts (model's chat template) -> n samples each -> samples Parquet.
+
+    Sampling fits reasoning students: a sample ends at the model's end-of-sequence token(s) or after
+    `max_tokens`, never at a stop string (lcb_runner's CLI stops at "###" with 2K tokens, which cuts a
+    reasoning trace off mid-thought), so there is deliberately no `stop` option. Whether `max_tokens` plus
+    the longest prompt fits the model is checked at stage start (`valley.generate.context`).
+    """
 
     model: str  # Hugging Face directory (a train-stage export or any HF model dir)
     problems: list[str]  # LCB JSONL files (code_generation_lite rows) and/or Parquet problems tables
@@ -72,13 +80,20 @@ class GenerateConfig(StageConfig):
     seed: int = 0
     backend: Literal["transformers", "vllm"] = "transformers"
     dtype: str = "auto"  # torch dtype name for the weights; auto = the checkpoint's (fp32 on CPU)
-    max_model_len: int | None = None  # vLLM context length; default: the model's
+    max_model_len: int | None = Field(default=None, ge=1)  # context length (prompt + output); default: the model's
+    # Model-config overrides for the evaluated model (vLLM's `hf_overrides`, transformers' config kwargs),
+    # e.g. YaRN to reach a 32K completion budget on a 32K-window model; `rope_scaling` is a shorthand for
+    # hf_overrides["rope_scaling"]. Both change tokens, so both are hashed (left out while None).
+    rope_scaling: dict[str, Any] | None = None
+    hf_overrides: dict[str, Any] | None = None
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     run_id: str | None = None  # samples.run_id; default "<name>-<hash12>"
     pool: PoolConfig = PoolConfig()
     part_size: int = Field(default=256, ge=1)  # samples per Parquet part (parts close on problem boundaries)
 
     hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "pool", "part_size", "gpu_memory_utilization"})
+    # added after configs were hashed: None hashes as before the fields existed
+    hash_exclude_if_none: ClassVar[frozenset[str]] = frozenset({"rope_scaling", "hf_overrides"})
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:
@@ -86,7 +101,21 @@ class GenerateConfig(StageConfig):
             raise ValueError("problems must name at least one LCB JSONL file or problems Parquet table")
         if self.pool.min_replicas > self.pool.replicas:
             raise ValueError("pool.min_replicas must not exceed pool.replicas")
+        if self.rope_scaling is not None:
+            if not any(k in self.rope_scaling for k in ("rope_type", "type")):
+                raise ValueError("rope_scaling needs a rope_type (e.g. {rope_type: yarn, factor: 4.0, "
+                                 "original_max_position_embeddings: 32768})")
+            other = (self.hf_overrides or {}).get("rope_scaling")
+            if other is not None and other != self.rope_scaling:
+                raise ValueError("rope_scaling and hf_overrides.rope_scaling differ; set it in one place")
         return self
+
+    def model_overrides(self) -> dict[str, Any]:
+        """What goes on top of the model's config.json: hf_overrides plus rope_scaling (empty: none)."""
+        out = dict(self.hf_overrides or {})
+        if self.rope_scaling is not None:
+            out["rope_scaling"] = dict(self.rope_scaling)
+        return out
 
     def resolved_run_id(self) -> str:
         return self.run_id or f"{self.name}-{self.config_hash()[:12]}"

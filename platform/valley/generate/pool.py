@@ -23,13 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from valley.generate.backends.base import Completion, Request, Sampling, make_backend
+from valley.generate.backends.base import Completion, Request, Sampling
+from valley.generate.backends.factory import make_backend
 from valley.generate.config import GenerateConfig
 from valley.watchdog import Heartbeat
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("question_id", "sample_idx", "prompt", "seed")
+POOL_REQUEST_COLUMNS = ("question_id", "sample_idx", "prompt", "seed")
 
 
 def backend_options(cfg: GenerateConfig) -> dict[str, Any]:
@@ -40,6 +41,7 @@ def backend_options(cfg: GenerateConfig) -> dict[str, Any]:
         "tensor_parallel_size": cfg.pool.tensor_parallel_size,
         "max_model_len": cfg.max_model_len,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "hf_overrides": cfg.model_overrides() or None,
     }
 
 
@@ -48,7 +50,7 @@ def sampling_of(cfg: GenerateConfig) -> Sampling:
 
 
 def _maybe_crash(marker: str | None) -> None:
-    """Testing hook (see PoolConfig.crash_once_file): die once, the way a lost node or OOM kill would."""
+    """Testing hook (see PoolConfig.fault_crash_once_file): die once, the way a lost node or OOM kill would."""
     if marker and not Path(marker).exists():
         Path(marker).write_text(str(os.getpid()))
         os._exit(1)
@@ -58,20 +60,20 @@ class GenerateWorker:
     """One replica: holds one backend and turns a batch of requests into completions."""
 
     def __init__(self, kind: str, model: str, options: dict[str, Any], sampling: Sampling,
-                 crash_once_file: str | None = None, heartbeat_board: Any = None):
+                 fault_crash_once_file: str | None = None, heartbeat_board: Any = None):
         self.hb = Heartbeat(heartbeat_board, _replica_name())
         _register(heartbeat_board, self.hb.worker)
         self.hb.beat("model_load", model)
         self.backend = make_backend(kind, model, **options)
         self.hb.beat("ready")
         self.sampling = sampling
-        self.crash_once_file = crash_once_file
+        self.fault_crash_once_file = fault_crash_once_file
         # Serve may call a replica from several threads; an engine (vllm.LLM, an HF model) is fed one
         # batch at a time, the batch size is what controls how much it works on at once.
         self._lock = threading.Lock()
 
     def run(self, requests: list[Request]) -> list[Completion]:
-        _maybe_crash(self.crash_once_file)
+        _maybe_crash(self.fault_crash_once_file)
         with self._lock:
             self.hb.beat("generate", f"batch of {len(requests)} from {requests[0].question_id if requests else '-'}")
             done = self.backend.generate(requests, self.sampling)
@@ -81,7 +83,7 @@ class GenerateWorker:
     # Ray Data entry point: a columnar batch in, a columnar batch out.
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         requests = [Request(str(q), int(i), str(p), int(s))
-                    for q, i, p, s in zip(*(batch[c] for c in COLUMNS), strict=True)]
+                    for q, i, p, s in zip(*(batch[c] for c in POOL_REQUEST_COLUMNS), strict=True)]
         return completions_to_columns(self.run(requests))
 
 
@@ -146,11 +148,11 @@ def run_pool(requests: list[Request], cfg: GenerateConfig, board: Any = None) ->
 
 def _worker_args(cfg: GenerateConfig, board: Any = None) -> dict[str, Any]:
     return {"kind": cfg.backend, "model": cfg.model, "options": backend_options(cfg), "sampling": sampling_of(cfg),
-            "crash_once_file": cfg.pool.crash_once_file, "heartbeat_board": board}
+            "fault_crash_once_file": cfg.pool.fault_crash_once_file, "heartbeat_board": board}
 
 
 def _run_local(requests: list[Request], cfg: GenerateConfig, board: Any = None) -> Iterator[list[Completion]]:
-    worker = GenerateWorker(**{**_worker_args(cfg, board), "crash_once_file": None})
+    worker = GenerateWorker(**{**_worker_args(cfg, board), "fault_crash_once_file": None})
     try:
         for chunk in _chunks(requests, cfg.pool.batch_size):
             yield worker.run(chunk)

@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 from valley import schemas
 from valley.errors import InputError
 from valley.generate.config import ProblemFilter
-from valley.grade import formats
+from valley.problems import iter_json_records, problem_from_lcb_row
 
 _RELEASE_FILE = re.compile(r"test(\d*)\.jsonl$")
-UNKNOWN_PLATFORM = "unknown"  # what grade.formats infers when an id matches no known platform
+UNKNOWN_PLATFORM = "unknown"  # what valley.problems infers when an id matches no known platform
 
 
 @dataclass
@@ -88,12 +88,12 @@ def read_problem_file(path: str, meta: dict[str, dict[str, Any]] | None = None
             yield problem_from_table_row(row, file=path, line=i), None
         return
     release = release_of_file(path)
-    for i, row in formats.iter_json_records(p):
+    for i, row in iter_json_records(p):
         if not isinstance(row, dict):
             raise InputError("a problem record must be a JSON object", file=path, row=i)
         extra = (meta or {}).get(str(row.get("question_id")), {})
         row = {**row, **{k: v for k, v in extra.items() if row.get(k) in (None, "")}}
-        yield formats.problem_from_lcb_row(row, file=path, row_idx=i), release
+        yield problem_from_lcb_row(row, file=path, row_idx=i), release
 
 
 def _iso(value: Any) -> str | None:
@@ -109,7 +109,7 @@ def read_metadata(paths: Iterable[str]) -> dict[str, dict[str, Any]]:
     for path in paths:
         if not Path(path).exists():
             raise InputError("problem metadata file does not exist", file=path)
-        for i, row in formats.iter_json_records(path):
+        for i, row in iter_json_records(path):
             if not isinstance(row, dict) or "question_id" not in row:
                 raise InputError("metadata record lacks question_id", file=path, row=i, field="question_id")
             entry = out.setdefault(str(row["question_id"]), {})

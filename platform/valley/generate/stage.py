@@ -7,26 +7,27 @@ finished stage and, after an interruption, generates only the (question_id, samp
 A pool that makes no progress (no replica loads, starts or finishes a batch, and no batch arrives) for the
 watchdog's limit fails the stage with `StallError` naming the phase and replica (`stall.json` records it);
 the limit is `pool.stall_timeout_s` where the config has it, else `$VALLEY_STALL_TIMEOUT_S`, else 600 s on
-CPU and 1800 s on GPU.
+CPU and 1800 s on GPU. Before any engine loads, `max_tokens` plus the longest prompt is checked against
+the model's window (`valley.generate.context`); a sample's `finish_reason` says whether it stopped at
+end of sequence ("stop"), at max_tokens ("length") or on a full context window ("context").
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
-
-from pydantic import BaseModel
+from typing import Any, ClassVar
 
 from valley import schemas
-from valley import storage as storage_mod
 from valley.errors import ConfigError
+from valley.generate import context
 from valley.generate import problems as problems_mod
 from valley.generate.backends.base import Request, sample_seed
 from valley.generate.config import GenerateConfig
 from valley.generate.pool import run_pool
 from valley.generate.prompts import render_prompt
 from valley.generate.writer import SAMPLES_DIR, SampleWriter, finished_keys
+from valley.stage import StageResult, run_stage
 from valley.storage import Storage
 from valley.watchdog import StallError, default_timeout, kill_registered, start_board, watch_iter
 
@@ -34,10 +35,9 @@ STAGE = "generate"
 STALL_RECORD = "stall.json"
 
 
-class GenerateResult(BaseModel):
-    stage_dir: str
-    samples_uri: str
-    problems_uri: str
+class GenerateResult(StageResult):
+    samples: str  # the samples directory (schemas.SAMPLES), under the storage root, as GradeConfig.samples takes
+    problems: str  # the selected problems' Parquet (schemas.PROBLEMS), under the storage root
     run_id: str
     n_problems: int
     n_samples: int  # samples on disk for this run (n_problems x n)
@@ -47,8 +47,13 @@ class GenerateResult(BaseModel):
     tokens_per_s: float
     finish_reasons: dict[str, int]
     selection: dict[str, Any]
-    skipped: bool = False
+    # the completion budget, which the report scores against (None in markers written before it was kept)
+    max_tokens: int | None = None
     seconds: float = 0.0
+
+    path_fields: ClassVar[tuple[str, ...]] = ("samples", "problems")
+    renamed_fields: ClassVar[dict[str, str]] = {"samples_uri": "samples", "problems_uri": "problems"}
+    on_skip: ClassVar[dict[str, Any]] = {"n_generated": 0, "seconds": 0.0}
 
 
 def build_requests(problems: list[dict[str, Any]], prompts: dict[str, str], cfg: GenerateConfig,
@@ -102,22 +107,24 @@ def _watched_pool(requests: list[Request], cfg: GenerateConfig, storage: Storage
 
 
 def run_generate(cfg: GenerateConfig, storage: Storage) -> GenerateResult:
-    started = time.perf_counter()
-    cfg_hash = cfg.config_hash()
-    out = storage_mod.stage_dir(STAGE, cfg.name, cfg_hash)
-    run_id = cfg.resolved_run_id()
-    if storage.is_complete(out, cfg_hash):
-        summary = storage.success_summary(out)
-        return GenerateResult(**{**summary, "n_generated": 0, "skipped": True, "seconds": 0.0})
+    return run_stage(storage, STAGE, cfg.name, cfg.config_hash(), GenerateResult,
+                     lambda out: _generate(cfg, storage, out))
 
+
+def _generate(cfg: GenerateConfig, storage: Storage, out: str) -> GenerateResult:
+    """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
+    started = time.perf_counter()
+    run_id = cfg.resolved_run_id()
     selection = problems_mod.load_problems(cfg.problems, cfg.filters, cfg.problem_metadata)
     problems = selection.problems
     if not problems:
         raise ConfigError(f"the filters left no problems to generate for: {selection.summary()}")
+    window = context.check_model_context(cfg)  # before any engine loads: the budget must fit the model
     storage.write_parquet(problems_mod.problems_table(problems), out, "problems.parquet", schema=schemas.PROBLEMS)
     storage.write_json(selection.summary(), out, "selection.json")
 
     prompts = render_prompts(cfg, problems)
+    context.check_prompts(cfg, window, context.prompt_token_counts(cfg.model, prompts))
     done = finished_keys(storage, out)
     requests = build_requests(problems, prompts, cfg, done)
     expected = Counter(r.question_id for r in requests)
@@ -137,10 +144,10 @@ def run_generate(cfg: GenerateConfig, storage: Storage) -> GenerateResult:
     if n_samples != len(problems) * cfg.n:
         raise RuntimeError(f"{out}: expected {len(problems) * cfg.n} samples on disk, found {n_samples}")
     reasons = Counter(samples.column("finish_reason").to_pylist())
-    result = GenerateResult(
+    return GenerateResult(
         stage_dir=out,
-        samples_uri=storage.uri(out, SAMPLES_DIR),
-        problems_uri=storage.uri(out, "problems.parquet"),
+        samples=f"{out}/{SAMPLES_DIR}",
+        problems=f"{out}/problems.parquet",
         run_id=run_id,
         n_problems=len(problems),
         n_samples=n_samples,
@@ -150,7 +157,6 @@ def run_generate(cfg: GenerateConfig, storage: Storage) -> GenerateResult:
         tokens_per_s=writer.tokens / gen_seconds if gen_seconds > 0 and writer.tokens else 0.0,
         finish_reasons=dict(reasons),
         selection=selection.summary(),
+        max_tokens=cfg.max_tokens,
         seconds=time.perf_counter() - started,
     )
-    storage.mark_success(out, cfg_hash, result.model_dump(mode="json"))
-    return result

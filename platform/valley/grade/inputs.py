@@ -3,7 +3,6 @@ columns the stage needs, with errors that name the file, row and field."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,23 +11,17 @@ import pyarrow.fs as pafs
 
 from valley import schemas
 from valley.errors import InputError
-from valley.grade.formats import load_lcb_problems
+from valley.problems import load_lcb_problems
 from valley.storage import Storage
 
 _JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 
 
 def read_table(storage: Storage, path: str) -> pa.Table:
-    """A Parquet file or directory: absolute paths/URIs as given; relative ones under the storage root,
-    else from the working directory (for inputs that live outside the storage, like LCB files)."""
-    if "://" in path:
-        fs, p = pafs.FileSystem.from_uri(path)
-    elif os.path.isabs(path):
-        fs, p = pafs.LocalFileSystem(), path
-    elif storage.exists(path) or not os.path.exists(path):
-        fs, p = storage.fs, storage.path(path)
-    else:  # a relative path that exists only from the working directory
-        fs, p = pafs.LocalFileSystem(), os.path.abspath(path)
+    """A Parquet file or directory, wherever `Storage.resolve` finds it (under the storage root, else from
+    the working directory, or at an absolute path or URI)."""
+    st, rel = storage.resolve(path)
+    fs, p = st.fs, st.path(rel)
     info = fs.get_file_info(p)
     if info.type == pafs.FileType.NotFound:
         raise InputError("input not found", file=path)
@@ -56,9 +49,10 @@ def read_problems(storage: Storage, paths: str | list[str]) -> pa.Table:
     """Problems from a PROBLEMS Parquet or from LCB json(l) files."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     if all(p.endswith(_JSON_SUFFIXES) for p in paths):
-        resolved = [p if os.path.isabs(p) or not storage.exists(p) else storage.path(p) for p in paths]
-        for p, r in zip(paths, resolved):
-            if not Path(r).exists():
+        found = [storage.resolve(p) for p in paths]
+        resolved = [st.path(rel) for st, rel in found]
+        for p, (st, _), r in zip(paths, found, resolved):
+            if not st.local or not Path(r).exists():
                 raise InputError("input not found", file=p)
         return load_lcb_problems(resolved)
     tables = [read_table(storage, p) for p in paths]

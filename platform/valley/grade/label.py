@@ -8,38 +8,27 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel
 
 from valley import schemas
 from valley.errors import InputError
 from valley.grade.config import LabelConfig
-from valley.grade.formats import TestSpec, spec_from_taco
+from valley.grade.dispatch import DispatchSettings, Item, plan_batches, run_batches
 from valley.grade.inputs import read_table, require_columns
-from valley.grade.parallel import Item, plan_batches, run_batches
 from valley.grade.stage import check_sandbox
-from valley.storage import Storage, conform, stage_dir
+from valley.problems import TestSpec, spec_from_taco
+from valley.stage import StageResult, run_stage
+from valley.storage import Storage, conform
 
 log = logging.getLogger(__name__)
 
-LABEL_VERDICTS = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("question_id", pa.string(), nullable=False),
-        pa.field("verdict", pa.string(), nullable=False),
-        pa.field("passed_tests", pa.int32()),
-        pa.field("total_tests", pa.int32()),
-        pa.field("first_failure", pa.string()),
-        pa.field("runtime_s", pa.float64()),
-    ]
-)
 ROWS_PER_PART = 50_000
 
 
-class LabelResult(BaseModel):
-    stage_dir: str
+class LabelResult(StageResult):
     traces_dir: str
     verdicts_dir: str
     traces: int
@@ -47,7 +36,8 @@ class LabelResult(BaseModel):
     incorrect: int
     no_tests: int  # traces without tests: `correct` stays null
     counts: dict[str, int]
-    skipped: bool = False
+
+    path_fields: ClassVar[tuple[str, ...]] = ("traces_dir", "verdicts_dir")
 
 
 def _has_tests(value: str | None) -> bool:
@@ -56,11 +46,13 @@ def _has_tests(value: str | None) -> bool:
 
 def run_label(cfg: LabelConfig, storage: Storage) -> LabelResult:
     """Label every trace that has tests; write the traces table with `correct` set."""
-    h = cfg.config_hash()
-    sdir = stage_dir("label", cfg.name, h)
+    return run_stage(storage, "label", cfg.name, cfg.config_hash(), LabelResult,
+                     lambda sdir: _label(cfg, storage, sdir))
+
+
+def _label(cfg: LabelConfig, storage: Storage, sdir: str) -> LabelResult:
+    """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
     tdir, vdir = f"{sdir}/traces", f"{sdir}/verdicts"
-    if storage.is_complete(sdir, h):
-        return LabelResult(**storage.success_summary(sdir), skipped=True)
     check_sandbox(cfg.sandbox, cfg.bwrap_path, cfg.sandbox_packages)
 
     traces = read_table(storage, cfg.traces)
@@ -85,10 +77,8 @@ def run_label(cfg: LabelConfig, storage: Storage) -> LabelResult:
         items.append(Item(key=(("id", r["id"]), ("question_id", r["question_id"])), spec_id=r["id"],
                           response=r["response"]))
     items.sort(key=lambda it: it.spec_id)
-    run_batches(storage, vdir, plan_batches(items, cfg.batch_size), specs, cfg.limits(), sandbox=cfg.sandbox,
-                bwrap=cfg.bwrap_path, schema=LABEL_VERDICTS, num_cpus=cfg.num_cpus_per_task,
-                resources=cfg.task_resources, max_in_flight=cfg.max_in_flight, max_retries=cfg.max_retries,
-                stall_timeout_s=cfg.stall_timeout_s)
+    run_batches(storage, vdir, plan_batches(items, cfg.batch_size), specs, DispatchSettings.from_config(cfg),
+                schema=schemas.LABEL_VERDICTS)
     verdict_of: dict[str, str] = {}
     if items:
         vt = storage.read_parquet(vdir, columns=["id", "verdict"])
@@ -107,9 +97,7 @@ def run_label(cfg: LabelConfig, storage: Storage) -> LabelResult:
         storage.write_parquet(labelled.slice(start, ROWS_PER_PART), tdir, f"part-{n:05d}.parquet")
     n_true = int(pc.sum(pc.cast(labelled.column("correct"), pa.int64())).as_py() or 0)
     counts = Counter(verdict_of.values())
-    result = LabelResult(stage_dir=sdir, traces_dir=tdir, verdicts_dir=vdir, traces=labelled.num_rows,
+    return LabelResult(stage_dir=sdir, traces_dir=tdir, verdicts_dir=vdir, traces=labelled.num_rows,
                          correct=n_true, incorrect=len(items) - n_true - counts.get("grader_error", 0),
                          no_tests=labelled.num_rows - len(items),
                          counts=dict(counts))
-    storage.mark_success(sdir, h, result.model_dump(exclude={"skipped"}))
-    return result

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from valley.errors import SandboxUnavailableError
 from valley.grade.compare import compare_stdout, compare_stdout_taco, compare_value, truncate
 from valley.grade.extract import extract_code
-from valley.grade.formats import FUNCTIONAL, TestSpec
 from valley.grade.sandbox import Limits, Sandbox, SandboxError
 from valley.grade.sandbox_env import SandboxEnvError
+from valley.problems import FUNCTIONAL, TestSpec
 
 # Harness status -> verdict when a test did not complete normally.
 STATUS_VERDICT = {

@@ -8,6 +8,8 @@ with it) and --die-with-parent (it dies with the grader). When the grader runs a
 drops to a uid of its own (unique per sandbox) so that the process-count rlimit applies — the
 kernel never enforces RLIMIT_NPROC on uid 0. Without root, bwrap adds a user namespace and the
 limit counts per namespace.
+
+Finding sandbox processes on the host afterwards (and killing a uid's leftovers) is sandbox_procs.py.
 """
 
 from __future__ import annotations
@@ -28,20 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from valley.errors import SandboxUnavailableError
-from valley.grade.harness import descendants  # stdlib-only, importable without side effects
 from valley.grade.sandbox_env import DEFAULT_PACKAGES, ensure_env
+from valley.grade.sandbox_procs import HARNESS, IN_SANDBOX_HARNESS, UID_BASE, kill_uid, note_started_uid
 
 log = logging.getLogger(__name__)
 
-HARNESS = Path(__file__).with_name("harness.py")
-IN_SANDBOX_HARNESS = "/sandbox/harness.py"
 IN_SANDBOX_SITE = "/sandbox/site"
 # numerical libraries must not start a thread per core: their CPU would count against the program
 # and their threads against its process limit
 THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/sbin")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
-UID_BASE = 1_000_000  # sandbox uids are UID_BASE + pid of the sandbox: unique while it runs
 
 
 @dataclass(frozen=True)
@@ -158,27 +157,6 @@ def check_bwrap(bwrap: str | None) -> str:
     return bwrap
 
 
-def kill_uid(uid: int) -> None:
-    """Kill every process whose real uid is `uid` (rlimit-only mode's cleanup when we are root)."""
-    for _ in range(50):
-        found = False
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/status", encoding="utf-8") as f:
-                    uid_line = next(line for line in f if line.startswith("Uid:"))
-            except (OSError, StopIteration):
-                continue
-            if int(uid_line.split()[1]) == uid:
-                found = True
-                with contextlib.suppress(OSError):
-                    os.kill(int(name), signal.SIGKILL)
-        if not found:
-            return
-        time.sleep(0.01)
-
-
 class SandboxError(RuntimeError):
     """The driver died or stopped answering (the program killed it or the host is overloaded)."""
 
@@ -225,7 +203,7 @@ class Sandbox:
         stderr.close()
         self._uid = UID_BASE + self.proc.pid if _is_root() else None
         if self._uid is not None:
-            _UIDS_STARTED_HERE.add(self._uid)
+            note_started_uid(self._uid)
         if self._workdir and self._uid is not None:
             os.chown(self._workdir, self._uid, self._uid)
         setup = {"timeout_s": self.limits.timeout_s, "wall_timeout_s": self.limits.wall_s, "site_dir": site_dir,
@@ -311,39 +289,6 @@ class Sandbox:
 
             shutil.rmtree(self._workdir, ignore_errors=True)
         self.proc = None
-
-
-_UIDS_STARTED_HERE: set[int] = set()
-
-
-def sandbox_processes(started_here: bool = False) -> list[int]:
-    """Pids of live sandbox processes on this host (drivers, programs and anything they started).
-
-    Recognised by the driver's command line or, when the grader runs as root, by the sandbox uids;
-    used by tests and operators to check that nothing outlived its sample. `started_here` keeps
-    only those of sandboxes this process started (its descendants, or an orphan with one of its uids).
-    """
-    mine = set(descendants(os.getpid())) if started_here else set()
-    found = []
-    markers = (IN_SANDBOX_HARNESS.encode(), str(HARNESS).encode())
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{name}/status", encoding="utf-8") as f:
-                status = f.read()
-        except OSError:
-            continue
-        if "State:\tZ" in status:
-            continue
-        uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
-        if not (any(m in cmdline for m in markers) or uid >= UID_BASE):
-            continue
-        if not started_here or int(name) in mine or uid in _UIDS_STARTED_HERE:
-            found.append(int(name))
-    return found
 
 
 def bwrap_unavailable_reason(bwrap: str | None = None) -> str | None:

@@ -5,19 +5,20 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from typing import ClassVar
 
 import pyarrow as pa
-from pydantic import BaseModel
 
 from valley import schemas
 from valley.errors import InputError
 from valley.grade.config import GradeConfig
-from valley.grade.formats import spec_from_problem
+from valley.grade.dispatch import DispatchSettings, Item, plan_batches, run_batches
 from valley.grade.inputs import read_problems, read_samples
-from valley.grade.parallel import Item, plan_batches, run_batches
 from valley.grade.sandbox import check_bwrap, find_bwrap
 from valley.grade.sandbox_env import ensure_env
-from valley.storage import Storage, stage_dir
+from valley.problems import spec_from_problem
+from valley.stage import StageResult, run_stage
+from valley.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,7 @@ RLIMIT_ONLY_WARNING = ("sandbox=rlimit_only: model code runs WITHOUT namespaces 
                        "and reach the network); use only for trusted code or benchmarking")
 
 
-class GradeResult(BaseModel):
-    stage_dir: str
+class GradeResult(StageResult):
     verdicts_dir: str
     tests_dir: str | None = None
     samples: int
@@ -37,7 +37,8 @@ class GradeResult(BaseModel):
     seconds: float = 0.0
     grader_errors: int = 0  # samples the grader could not run even when retried: not model failures
     reruns_alone: int = 0  # samples re-run alone (wall-clock kill under the CPU limit, or grader error)
-    skipped: bool = False  # the whole stage was already complete
+
+    path_fields: ClassVar[tuple[str, ...]] = ("verdicts_dir", "tests_dir")
 
 
 def check_sandbox(sandbox: str, bwrap_path: str | None, packages: Sequence[str] = ()) -> None:
@@ -52,11 +53,13 @@ def check_sandbox(sandbox: str, bwrap_path: str | None, packages: Sequence[str] 
 
 def run_grade(cfg: GradeConfig, storage: Storage) -> GradeResult:
     """Grade all samples; resumable per batch, `_SUCCESS` (with counts) written last."""
-    h = cfg.config_hash()
-    sdir = stage_dir("grade", cfg.name, h)
+    return run_stage(storage, "grade", cfg.name, cfg.config_hash(), GradeResult,
+                     lambda sdir: _grade(cfg, storage, sdir))
+
+
+def _grade(cfg: GradeConfig, storage: Storage, sdir: str) -> GradeResult:
+    """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
     vdir, tdir = f"{sdir}/verdicts", (f"{sdir}/tests" if cfg.per_test_rows else None)
-    if storage.is_complete(sdir, h):
-        return GradeResult(**storage.success_summary(sdir), skipped=True)
     check_sandbox(cfg.sandbox, cfg.bwrap_path, cfg.sandbox_packages)
 
     problems = read_problems(storage, cfg.problems)
@@ -89,10 +92,8 @@ def run_grade(cfg: GradeConfig, storage: Storage) -> GradeResult:
     items = [Item(key=(("run_id", keys[i][0]), ("question_id", keys[i][1]), ("sample_idx", keys[i][2])),
                   spec_id=keys[i][1], response=rows[i]["response"]) for i in matched]
     stats = run_batches(
-        storage, vdir, plan_batches(items, cfg.batch_size), specs, cfg.limits(),
-        sandbox=cfg.sandbox, bwrap=cfg.bwrap_path, schema=schemas.VERDICTS, num_cpus=cfg.num_cpus_per_task,
-        resources=cfg.task_resources, max_in_flight=cfg.max_in_flight, max_retries=cfg.max_retries,
-        tests_dir=tdir, tests_schema=schemas.VERDICT_TESTS, stall_timeout_s=cfg.stall_timeout_s,
+        storage, vdir, plan_batches(items, cfg.batch_size), specs, DispatchSettings.from_config(cfg),
+        schema=schemas.VERDICTS, tests_dir=tdir, tests_schema=schemas.VERDICT_TESTS,
     )
     counts: Counter[str] = Counter({v: 0 for v in schemas.VERDICT_VALUES})
     n = 0
@@ -106,10 +107,8 @@ def run_grade(cfg: GradeConfig, storage: Storage) -> GradeResult:
         log.warning("%d sample(s) got verdict grader_error (the sandbox could not run them, even when retried): "
                     "they are excluded from pass@k, not counted as failures; see first_failure in %s",
                     counts["grader_error"], vdir)
-    result = GradeResult(
+    return GradeResult(
         stage_dir=sdir, verdicts_dir=vdir, tests_dir=tdir, samples=len(rows), unmatched=len(unmatched),
         counts=dict(counts), batches=stats.batches, skipped_batches=stats.skipped_batches, seconds=stats.seconds,
         grader_errors=counts.get("grader_error", 0), reruns_alone=stats.reruns_alone,
     )
-    storage.mark_success(sdir, h, result.model_dump(exclude={"skipped"}))
-    return result

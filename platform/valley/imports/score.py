@@ -19,6 +19,10 @@ from valley.report.stage import ReportResult, run_report
 from valley.storage import Storage
 
 IMPORTED_SUBSET = "imported"
+# Imported samples come from another harness whose budget no stage of ours recorded: they are scored
+# against 32,768 tokens (what reports used before the budget came from the generate run) unless a
+# `--report-set max_tokens=N` says otherwise.
+IMPORTED_MAX_TOKENS = 32768
 
 
 class ScoredImport(BaseModel):
@@ -35,7 +39,7 @@ def report_config(imported: ImportResult, verdicts_dir: str, *, name: str, exper
     runs = [RunSpec(run_id=r["run_id"], data_size=0, subset=IMPORTED_SUBSET, model=r["model"],
                     samples=imported.samples, verdicts=verdicts_dir, problems=imported.problems)
             for r in imported.runs]
-    return ReportConfig(name=name, experiment=experiment, runs=runs, **fields)
+    return ReportConfig(name=name, experiment=experiment, runs=runs, **{"max_tokens": IMPORTED_MAX_TOKENS, **fields})
 
 
 def score_import(cfg: ImportConfig, storage: Storage, *, grade: dict[str, Any] | None = None,

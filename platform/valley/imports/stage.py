@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from valley import schemas
 from valley.config import StageConfig
 from valley.errors import ConfigError, InputError
-from valley.grade.formats import load_lcb_problems
 from valley.imports.formats import ParsedFile, model_from_path, parse_file
-from valley.storage import Storage, stage_dir
+from valley.problems import load_lcb_problems
+from valley.stage import StageResult, run_stage
+from valley.storage import Storage
 
 STAGE = "import"
 SAMPLES_DIR = "samples"
@@ -66,13 +67,13 @@ class ImportConfig(StageConfig):
         return self
 
 
-class ImportResult(BaseModel):
-    stage_dir: str
+class ImportResult(StageResult):
     samples: str  # path under the storage root (GradeConfig.samples / RunSpec.samples)
     problems: str | None  # path under the storage root, when `problems` was given
     runs: list[dict[str, Any]]
     n_samples: int
-    skipped: bool = False
+
+    path_fields: ClassVar[tuple[str, ...]] = ("samples", "problems")
 
 
 def _fingerprint(paths: list[str]) -> str:
@@ -164,10 +165,11 @@ def problems_table(paths: list[str], attrs: dict[str, dict[str, Any]]) -> pa.Tab
 
 
 def run_import(cfg: ImportConfig, storage: Storage) -> ImportResult:
-    h = run_hash(cfg)
-    out = stage_dir(STAGE, cfg.name, h)
-    if storage.is_complete(out, h):
-        return ImportResult(**storage.success_summary(out), skipped=True)
+    return run_stage(storage, STAGE, cfg.name, run_hash(cfg), ImportResult, lambda out: _import(cfg, storage, out))
+
+
+def _import(cfg: ImportConfig, storage: Storage, out: str) -> ImportResult:
+    """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
     storage.remove(out, SAMPLES_DIR)  # parts of an interrupted import are redone, never mixed
     known: set[str] | None = None
     if cfg.problems:
@@ -202,7 +204,5 @@ def run_import(cfg: ImportConfig, storage: Storage) -> ImportResult:
         total += table.num_rows
         runs.append(run_summary(parsed, run_id, known))
     storage.write_text(json.dumps(runs, indent=2) + "\n", out, "runs.json")
-    result = ImportResult(stage_dir=out, samples=f"{out}/{SAMPLES_DIR}", problems=problems_path, runs=runs,
-                          n_samples=total)
-    storage.mark_success(out, h, result.model_dump(exclude={"skipped"}))
-    return result
+    return ImportResult(stage_dir=out, samples=f"{out}/{SAMPLES_DIR}", problems=problems_path, runs=runs,
+                        n_samples=total)

@@ -5,7 +5,7 @@ from valley.metrics.bootstrap import bootstrap_ratio, bootstrap_ratios
 from valley.metrics.compute import compute_run_metrics, metrics_from_joined, per_problem
 from valley.metrics.join import JoinedRun, join_run
 from valley.metrics.passk import pass_at_1, pass_at_k
-from valley.metrics.valley import fit_valley
+from valley.metrics.valley_fit import fit_valley
 
 __all__ = [
     "JoinedRun",

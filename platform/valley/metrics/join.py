@@ -107,7 +107,8 @@ def join_run(
 ) -> JoinedRun:
     """Join on (run_id,) question_id, sample_idx and derive pass / completed / think per sample.
 
-    completed: finish_reason == "stop" and n_tokens <= max_tokens (a null n_tokens trusts the
+    completed: finish_reason == "stop" and n_tokens <= max_tokens, so "length" (the budget ran out) and
+    "context" (the window filled first) are both incomplete (a null n_tokens trusts the
     finish reason; a null finish reason makes it unknown). think: the response, after leading whitespace, begins with "<think>" — the
     paper counts a response that *begins* with the tag; we strip whitespace first because chat
     templates often leave a newline before the first generated token, which is not a choice the

@@ -38,7 +38,9 @@ class ReportConfig(StageConfig):
 
     experiment: str = Field(min_length=1)
     runs: list[RunSpec] = Field(min_length=1)
-    max_tokens: int = Field(32768, gt=0)  # completion budget: longer responses count as incomplete
+    # completion budget: longer responses count as incomplete. None: the generate runs' own max_tokens,
+    # read from their _SUCCESS markers before hashing (report/scoring.py)
+    max_tokens: int | None = Field(None, gt=0)
     n_boot: int = Field(1000, ge=0)
     seed: int = 0
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10])

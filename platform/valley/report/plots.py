@@ -17,7 +17,7 @@ import polars as pl  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from valley.metrics.valley import piecewise_curve  # noqa: E402
+from valley.metrics.valley_fit import piecewise_curve  # noqa: E402
 from valley.report.config import CORE_METRICS  # noqa: E402
 from valley.report.tables import size_label  # noqa: E402
 

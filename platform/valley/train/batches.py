@@ -15,7 +15,7 @@ import torch
 
 from valley.errors import InputError
 
-COLUMNS = ["input_ids", "loss_mask", "position_ids", "n_tokens", "trace_ids"]
+TRAIN_COLUMNS = ["input_ids", "loss_mask", "position_ids", "n_tokens", "trace_ids"]
 
 
 @dataclass

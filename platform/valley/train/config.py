@@ -1,14 +1,15 @@
 """`TrainConfig`: the paper's SFT recipe as defaults, plus the knobs a cluster run needs.
 
 Defaults follow He et al. (2025): global batch 128, lr 8e-5, warmup ratio 0.10, AdamW, 5 epochs, sequences
-up to 32,768 tokens, loss on assistant tokens only averaged per token over the global batch.
+up to the data stage's length (32,768 tokens in the paper's configs), loss on assistant tokens only averaged
+per token over the global batch.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from valley.config import StageConfig
 from valley.errors import ConfigError
@@ -33,7 +34,8 @@ class TrainConfig(StageConfig):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(default=1e-8, gt=0)
     max_grad_norm: float = Field(default=1.0, ge=0)  # 0 disables clipping
-    max_seq_len: int = Field(default=32768, gt=8)  # rows longer than this are an input error
+    # rows longer than this are an input error; None: the data stage's seq_len (its manifest's)
+    max_seq_len: int | None = Field(default=None, gt=8)
     seed: int = 0
     shuffle: bool = True  # reshuffle the rows every epoch (seeded: a restarted job sees the same order)
 
@@ -69,18 +71,25 @@ class TrainConfig(StageConfig):
     # Watchdog: the stage fails, naming the phase and worker, when no worker reports progress (a start-up
     # phase or a step) for this long; None: $VALLEY_STALL_TIMEOUT_S, else 600 s on CPU, 1800 s on GPU.
     stall_timeout_s: float | None = Field(default=None, gt=0)
-    # Fault drill: rank 1 (or 0 with one worker) exits hard once, right after this step's checkpoint.
-    debug_kill_at_step: int | None = None
-    # Fault drill: rank 1 (or 0 with one worker) sleeps this long on entering this phase (see
+    # Fault injection (fault_*; the old debug_* names still load): rank 1 (or 0 with one worker) exits
+    # hard once, right after this step's checkpoint.
+    fault_kill_at_step: int | None = Field(
+        default=None, validation_alias=AliasChoices("fault_kill_at_step", "debug_kill_at_step"))
+    # Fault injection: rank 1 (or 0 with one worker) sleeps fault_stall_s on entering this phase (see
     # loop.PHASES), so the watchdog has a stall to catch.
-    debug_stall_phase: str | None = None
-    debug_stall_s: float = Field(default=3600.0, ge=0)
+    fault_stall_phase: str | None = Field(
+        default=None, validation_alias=AliasChoices("fault_stall_phase", "debug_stall_phase"))
+    fault_stall_s: float = Field(default=3600.0, ge=0,
+                                 validation_alias=AliasChoices("fault_stall_s", "debug_stall_s"))
 
     hash_exclude: ClassVar[frozenset[str]] = frozenset(
         {"name", "cpus_per_worker", "resources_per_worker", "checkpoints_to_keep", "max_failures",
-         "log_every_steps", "peak_tflops", "debug_kill_at_step", "stall_timeout_s", "debug_stall_phase",
-         "debug_stall_s"}
+         "log_every_steps", "peak_tflops", "fault_kill_at_step", "stall_timeout_s", "fault_stall_phase",
+         "fault_stall_s"}
     )
+    # None hashes as before the field had this default: a config that sets it keeps its old hash, and
+    # one that leaves it to the data stage is named by `data`, whose directory fixes the seq_len
+    hash_exclude_if_none: ClassVar[frozenset[str]] = frozenset({"max_seq_len"})
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from valley.storage import Storage
-from valley.train.files import upload_dir
+from valley.train.transfer import upload_dir
 
 EXPORT_MARKER = "valley_train.json"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from valley.train.batches import COLUMNS, MicroBatch, steps, to_micro_batch
+from valley.train.batches import TRAIN_COLUMNS, MicroBatch, steps, to_micro_batch
 from valley.train.chunked_loss import CausalLMLoss
 from valley.train.config import TrainConfig
 from valley.train.flops import doc_lengths_of, peak_flops, train_flops
 from valley.train.packing_attention import IGNORE, model_inputs, shifted_targets
+from valley.train.plan import TrainPlan
 from valley.train.schedule import lr_lambda
 from valley.watchdog import Heartbeat
 
@@ -27,6 +29,18 @@ KILL_FLAG = "_debug_killed_once"
 # What a worker reports to the stage's watchdog, in order (a stall names the phase it happened in).
 PHASES = ("worker_start", "model_fetch", "process_group", "model_load", "deepspeed_init", "restore", "first_step",
           "train_step", "checkpoint", "export", "done")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What one rank builds its DeepSpeed engine from and steps with: the plan's step count and what only
+    this worker knows (its local copy of the model, the attention it picked, its device's peak FLOP/s).
+    Kept apart from `TrainPlan` so the doctor and the benchmarks can build an engine without a data stage."""
+
+    model_dir: str
+    attn_implementation: str
+    total_steps: int
+    peak_flops: float | None = None  # per device, for MFU; None: no MFU in the metrics
 
 
 def epoch_dataset_name(epoch: int) -> str:
@@ -56,7 +70,7 @@ def _attn_impl(cfg: TrainConfig) -> str:
     return "sdpa"
 
 
-def _setup_deepspeed(cfg: TrainConfig, plan: dict[str, Any], world: int, device: torch.device,
+def _setup_deepspeed(cfg: TrainConfig, spec: EngineSpec, world: int, device: torch.device,
                      hb: Heartbeat | None = None) -> tuple[Any, Any]:
     # DeepSpeed picks its accelerator at import; a CPU worker must say so before the first import.
     hb = hb or Heartbeat(None, "local")
@@ -75,12 +89,12 @@ def _setup_deepspeed(cfg: TrainConfig, plan: dict[str, Any], world: int, device:
     deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
     precision = cfg.resolved_precision()
     torch.manual_seed(cfg.seed)
-    hb.beat("model_load", plan["model_dir"])
-    model = _load_partitioned(plan, ds_config, torch.bfloat16 if precision == "bf16" else torch.float32)
+    hb.beat("model_load", spec.model_dir)
+    model = _load_partitioned(spec, ds_config, torch.bfloat16 if precision == "bf16" else torch.float32)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    schedule = lr_lambda(plan["total_steps"], cfg.warmup_ratio, cfg.lr_scheduler, cfg.min_lr_ratio)
+    schedule = lr_lambda(spec.total_steps, cfg.warmup_ratio, cfg.lr_scheduler, cfg.min_lr_ratio)
 
     def make_scheduler(optimizer: Any) -> Any:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -97,7 +111,7 @@ def _setup_deepspeed(cfg: TrainConfig, plan: dict[str, Any], world: int, device:
     return engine, scheduler
 
 
-def _load_partitioned(plan: dict[str, Any], ds_config: dict[str, Any], dtype: torch.dtype) -> Any:
+def _load_partitioned(spec: EngineSpec, ds_config: dict[str, Any], dtype: torch.dtype) -> Any:
     """Load the student so that, under ZeRO-3, no rank ever holds all of it: while a `HfDeepSpeedConfig` is
     alive, transformers builds the model inside `deepspeed.zero.Init` (each parameter partitioned as it is
     created) and copies the checkpoint in one gathered parameter at a time. Eight ranks of a node then
@@ -108,8 +122,8 @@ def _load_partitioned(plan: dict[str, Any], ds_config: dict[str, Any], dtype: to
     zero3 = int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3
     marker = HfDeepSpeedConfig(ds_config) if zero3 else None  # transformers holds only a weak reference
     try:
-        model = AutoModelForCausalLM.from_pretrained(plan["model_dir"], dtype=dtype,
-                                                     attn_implementation=plan["attn_implementation"])
+        model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=dtype,
+                                                     attn_implementation=spec.attn_implementation)
     finally:
         del marker  # later transformers calls (export's save_pretrained) must not think ZeRO-3 is on
     if zero3 and not all(hasattr(p, "ds_id") for p in model.parameters()):
@@ -136,7 +150,7 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _train_step(engine: Any, group: list[MicroBatch], cfg: TrainConfig, plan: dict[str, Any], world: int,
+def _train_step(engine: Any, group: list[MicroBatch], cfg: TrainConfig, spec: EngineSpec, world: int,
                 device: torch.device, model_config: Any) -> dict[str, float]:
     """One optimizer step over `accum` micro-batches; returns the global metrics of the step."""
     t0 = time.perf_counter()
@@ -150,7 +164,7 @@ def _train_step(engine: Any, group: list[MicroBatch], cfg: TrainConfig, plan: di
     lr = engine.lr_scheduler.get_last_lr()[0]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for mb, tgt in zip(group, targets, strict=True):
-        kwargs = model_inputs(mb.input_ids.to(device), mb.position_ids.to(device), plan["attn_implementation"],
+        kwargs = model_inputs(mb.input_ids.to(device), mb.position_ids.to(device), spec.attn_implementation,
                               dtype)
         s = engine(targets=tgt.to(device), **kwargs)
         # ZeRO averages gradients over ranks, so scale by world to get Σ loss / N over the global batch.
@@ -173,9 +187,8 @@ def _train_step(engine: Any, group: list[MicroBatch], cfg: TrainConfig, plan: di
         "step_time_s": step_time,
         "tokens_per_s": g_tokens / step_time if step_time > 0 else 0.0,
     }
-    peak = plan.get("peak_flops")
-    if peak:
-        metrics["mfu"] = g_flops / (step_time * world * peak)
+    if spec.peak_flops:
+        metrics["mfu"] = g_flops / (step_time * world * spec.peak_flops)
     return metrics
 
 
@@ -185,24 +198,24 @@ def _log_line(m: dict[str, Any], total: int) -> str:
             f"grad_norm {m['grad_norm']:.3f} tokens/s {m['tokens_per_s']:,.0f}{mfu}")
 
 
-def _maybe_kill(cfg: TrainConfig, step: int, rank: int, world: int, plan: dict[str, Any]) -> None:
+def _maybe_kill(cfg: TrainConfig, step: int, rank: int, world: int, plan: TrainPlan) -> None:
     """Fault drill for resume tests and ops rehearsals: one rank dies hard, once per stage dir."""
-    if cfg.debug_kill_at_step is None or step != cfg.debug_kill_at_step or rank != min(1, world - 1):
+    if cfg.fault_kill_at_step is None or step != cfg.fault_kill_at_step or rank != min(1, world - 1):
         return
     from valley.storage import Storage
 
-    storage = Storage(plan["storage_root"])
-    if storage.exists(plan["out_dir"], KILL_FLAG):
+    storage = Storage(plan.storage_root)
+    if storage.exists(plan.out_dir, KILL_FLAG):
         return
-    storage.write_text(f"killed at step {step}\n", plan["out_dir"], KILL_FLAG)
+    storage.write_text(f"killed at step {step}\n", plan.out_dir, KILL_FLAG)
     os._exit(17)
 
 
 def _maybe_stall(cfg: TrainConfig, phase: str, rank: int, world: int) -> None:
     """Fault drill for the watchdog: one rank stops making progress on entering `phase`."""
-    if cfg.debug_stall_phase == phase and rank == min(1, world - 1):
-        print(f"[valley.train] debug stall: rank {rank} sleeps {cfg.debug_stall_s:g} s in {phase}", flush=True)
-        time.sleep(cfg.debug_stall_s)
+    if cfg.fault_stall_phase == phase and rank == min(1, world - 1):
+        print(f"[valley.train] fault stall: rank {rank} sleeps {cfg.fault_stall_s:g} s in {phase}", flush=True)
+        time.sleep(cfg.fault_stall_s)
 
 
 def _heartbeat(loop_config: dict[str, Any], cfg: TrainConfig, rank: int, world: int) -> Heartbeat:
@@ -220,10 +233,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from valley.storage import Storage
     from valley.train import checkpoint, export
-    from valley.train.files import local_dir
+    from valley.train.transfer import local_dir
 
     cfg = TrainConfig.model_validate(loop_config["cfg"])
-    plan = dict(loop_config["plan"])
+    plan: TrainPlan = loop_config["plan"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     hb = _heartbeat(loop_config, cfg, rank, world)
@@ -233,76 +246,78 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     if cfg.use_gpu:
         torch.cuda.set_device(device)
-    hb.beat("model_fetch", plan["model_uri"])
-    plan["model_dir"] = local_dir(Storage(plan["model_uri"]), "")
-    plan["tokenizer_dir"] = local_dir(Storage(plan["tokenizer_uri"]), "")
-    plan["attn_implementation"] = _attn_impl(cfg)
-    if cfg.use_gpu:
-        plan["peak_flops"] = peak_flops(torch.cuda.get_device_name(device), cfg.peak_tflops)
-    model_config = AutoConfig.from_pretrained(plan["model_dir"])
-    engine, _ = _setup_deepspeed(cfg, plan, world, device, hb)
+    hb.beat("model_fetch", plan.model_uri)
+    spec = EngineSpec(
+        model_dir=local_dir(Storage(plan.model_uri), ""),
+        attn_implementation=_attn_impl(cfg),
+        total_steps=plan.total_steps,
+        peak_flops=peak_flops(torch.cuda.get_device_name(device), cfg.peak_tflops) if cfg.use_gpu else None,
+    )
+    tokenizer_dir = local_dir(Storage(plan.tokenizer_uri), "")
+    model_config = AutoConfig.from_pretrained(spec.model_dir)
+    engine, _ = _setup_deepspeed(cfg, spec, world, device, hb)
 
     hb.beat("restore")
     state = checkpoint.restore(engine, rank) or {"step": 0, "history": []}
     step, history = int(state["step"]), list(state["history"])
-    accum, steps_per_epoch = plan["accum"], plan["steps_per_epoch"]
-    storage = Storage(plan["storage_root"])
+    accum, steps_per_epoch, total_steps = plan.accum, plan.steps_per_epoch, plan.total_steps
+    storage = Storage(plan.storage_root)
     export_dtype = cfg.export_dtype if cfg.export_dtype != "auto" else \
         ("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
 
     def export_to(parts: list[str], epoch_done: int) -> None:
         hb.beat("export", "/".join(parts))
-        export.export(engine.module.lm, rank, export_dtype, plan["tokenizer_dir"], plan["model_dir"],
-                      plan["storage_root"], [plan["out_dir"], *parts],
-                      extra={"config_hash": plan["config_hash"], "steps": step, "epoch": epoch_done})
+        export.export(engine.module.lm, rank, export_dtype, tokenizer_dir, spec.model_dir,
+                      plan.storage_root, [plan.out_dir, *parts],
+                      extra={"config_hash": plan.config_hash, "steps": step, "epoch": epoch_done})
 
     def export_epoch_if_due() -> None:
         """At an epoch boundary short of the end, export once (also when a restart lands right here)."""
         done, mid = divmod(step, steps_per_epoch)
-        if not cfg.export_every_epoch or mid or done == 0 or step >= plan["total_steps"]:
+        if not cfg.export_every_epoch or mid or done == 0 or step >= total_steps:
             return
-        missing = rank == 0 and not export.is_exported(storage, plan["out_dir"], epoch_model_name(done))
+        missing = rank == 0 and not export.is_exported(storage, plan.out_dir, epoch_model_name(done))
         if _all_sum([1.0 if missing else 0.0], device)[0] > 0:  # rank 0 decides for everyone
             export_to([epoch_model_name(done)], done)
 
     engine.train()
     export_epoch_if_due()
-    hb.beat("first_step", f"reading data, then step {step + 1}/{plan['total_steps']}")
-    while step < plan["total_steps"]:
+    hb.beat("first_step", f"reading data, then step {step + 1}/{total_steps}")
+    while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         shard = ray.train.get_dataset_shard(epoch_dataset_name(epoch))
         it = shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="pyarrow", drop_last=True,
                                 prefetch_batches=2)
-        micro = (to_micro_batch(b.select(COLUMNS), max_seq_len=cfg.max_seq_len, pad_id=plan["pad_id"])
+        micro = (to_micro_batch(b.select(TRAIN_COLUMNS), max_seq_len=plan.max_seq_len, pad_id=plan.pad_id)
                  for b in it)
         for i, group in enumerate(steps(micro, accum)):
             if i < in_epoch:  # already trained on before the restart: same order, skip it
                 continue
-            metrics = _train_step(engine, group, cfg, plan, world, device, model_config)
+            metrics = _train_step(engine, group, cfg, spec, world, device, model_config)
             step += 1
-            hb.beat("train_step", f"step {step}/{plan['total_steps']} done")
+            hb.beat("train_step", f"step {step}/{total_steps} done")
             metrics.update(step=step, epoch=epoch + (i + 1) / steps_per_epoch, time=time.time())
             history.append(metrics)
             if rank == 0 and step % cfg.log_every_steps == 0:
-                print(_log_line(metrics, plan["total_steps"]), flush=True)
+                print(_log_line(metrics, total_steps), flush=True)
             epoch_end = cfg.export_every_epoch and step % steps_per_epoch == 0
-            if step % cfg.checkpoint_every_steps == 0 or step == plan["total_steps"] or epoch_end:
+            if step % cfg.checkpoint_every_steps == 0 or step == total_steps or epoch_end:
                 hb.beat("checkpoint", f"step {step}")
                 checkpoint.save_and_report(engine, {"step": step, "history": history}, metrics)
                 if rank == 0:
-                    _write_history(storage, plan["out_dir"], history)
+                    _write_history(storage, plan.out_dir, history)
                 _maybe_kill(cfg, step, rank, world, plan)
                 export_epoch_if_due()
             elif step % cfg.log_every_steps == 0:
                 ray.train.report(metrics)
-            if i + 1 >= steps_per_epoch or step >= plan["total_steps"]:
+            if i + 1 >= steps_per_epoch or step >= total_steps:
                 break
-        if step < plan["total_steps"] and step % steps_per_epoch:
+        if step < total_steps and step % steps_per_epoch:
             raise RuntimeError(f"epoch {epoch} ended after {step % steps_per_epoch} of {steps_per_epoch} steps on "
                                f"rank {rank}: the dataset shard yielded fewer rows than planned")
     export_to(["model"], cfg.epochs)
     if rank == 0:
-        _write_history(storage, plan["out_dir"], history)
+        _write_history(storage, plan.out_dir, history)
     dist.barrier()
     hb.beat("done")
 

@@ -7,7 +7,7 @@ the file and field named, instead of minutes later inside a worker.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,7 +16,35 @@ import pyarrow.parquet as pq
 from valley.errors import ConfigError, InputError
 from valley.storage import SUCCESS, Storage
 from valley.train.config import TrainConfig
-from valley.train.files import resolve
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What every worker of one train run follows: validated inputs and the step arithmetic.
+
+    Made once on the driver and handed to Ray Train as this object inside `train_loop_config` (Ray pickles
+    that dict and `valley` is importable on every worker): the fields keep their types on the way, and a
+    worker cannot change what the others see. What only a worker knows (its local copies of the model)
+    lives beside it on the worker, not in it.
+    """
+
+    files: tuple[str, ...]  # the subset's tokenized shards (URIs)
+    rows: int
+    tokens: int
+    loss_tokens: int
+    seq_len: int  # what the data stage packed to
+    max_seq_len: int  # longest row a micro-batch may hold: the config's, else the data's seq_len
+    pad_id: int  # the data stage's padding token (its manifest's pad_id)
+    accum: int
+    steps_per_epoch: int
+    total_steps: int
+    rows_left_over_per_epoch: int
+    model_uri: str
+    tokenizer_uri: str
+    storage_root: str
+    out_dir: str
+    config_hash: str
+
 
 # column -> (is a list, check of the (value) type)
 REQUIRED = {
@@ -41,7 +69,7 @@ def _check_schema(schema: pa.Schema, uri: str) -> None:
 
 def resolve_model(storage: Storage, path: str) -> str:
     """URI of an HF model dir: a base model, a previous run's export, or a previous train stage dir."""
-    st, rel = resolve(storage, path)
+    st, rel = storage.resolve(path, must_exist=True)
     if st.exists(rel, "config.json") if rel else st.exists("config.json"):
         return st.uri(rel) if rel else st.uri()
     if st.exists(rel, "model", "config.json") if rel else st.exists("model", "config.json"):
@@ -50,9 +78,25 @@ def resolve_model(storage: Storage, path: str) -> str:
                       "give a Hugging Face model directory or a finished train run")
 
 
-def plan_run(cfg: TrainConfig, storage: Storage, out_dir: str) -> dict[str, Any]:
+def manifest_pad_id(manifest: dict, data_st: Storage, tokenizer_parts: tuple[str, ...]) -> int:
+    """The manifest's pad_id; a manifest written before it had one: the pad of the tokenizer saved beside
+    it (pad, else eos), else 0, so the runs of a finished study train as they did."""
+    if "pad_id" in manifest:
+        return int(manifest["pad_id"])
+    try:
+        from transformers import AutoTokenizer
+
+        from valley.data.pad import pad_of
+        from valley.train.transfer import local_dir
+
+        return pad_of(AutoTokenizer.from_pretrained(local_dir(data_st, "/".join(tokenizer_parts))))[0]
+    except Exception:  # an unreadable tokenizer: the trainer's padding before manifests recorded it
+        return 0
+
+
+def plan_run(cfg: TrainConfig, storage: Storage, out_dir: str) -> TrainPlan:
     """Validated inputs and the step arithmetic every worker follows."""
-    data_st, data_rel = resolve(storage, cfg.data)
+    data_st, data_rel = storage.resolve(cfg.data, must_exist=True)
     data_uri = data_st.uri(data_rel) if data_rel else data_st.uri()
     parts = (data_rel,) if data_rel else ()
     if not data_st.exists(*parts, SUCCESS):
@@ -62,8 +106,11 @@ def plan_run(cfg: TrainConfig, storage: Storage, out_dir: str) -> dict[str, Any]
     if cfg.subset not in subsets:
         raise ConfigError(f"subset {cfg.subset!r} is not in {data_uri}/manifest.json (has: {sorted(subsets)})")
     seq_len = int(manifest.get("seq_len", 0))
-    if seq_len > cfg.max_seq_len:
-        raise ConfigError(f"data was packed to seq_len={seq_len} > max_seq_len={cfg.max_seq_len}")
+    max_seq_len = cfg.max_seq_len if cfg.max_seq_len is not None else seq_len
+    if max_seq_len <= 0:
+        raise ConfigError(f"{data_uri}/manifest.json has no seq_len; set max_seq_len in the train config")
+    if seq_len > max_seq_len:
+        raise ConfigError(f"data was packed to seq_len={seq_len} > max_seq_len={max_seq_len}")
     shard_parts = (*parts, "tokenized", cfg.subset)
     names = data_st.list(*shard_parts, suffix=".parquet")
     if not names:
@@ -88,21 +135,22 @@ def plan_run(cfg: TrainConfig, storage: Storage, out_dir: str) -> dict[str, Any]
     tokenizer_parts = (*parts, "tokenizer")
     if not data_st.exists(*tokenizer_parts):
         raise ConfigError(f"{data_uri} has no tokenizer/ directory")
-    return {
-        "files": files,
-        "rows": rows,
-        "tokens": tokens,
-        "loss_tokens": loss_tokens,
-        "seq_len": seq_len,
-        "accum": accum,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": steps_per_epoch * cfg.epochs,
-        "rows_left_over_per_epoch": rows - steps_per_epoch * cfg.global_batch_size,
-        "model_uri": resolve_model(storage, cfg.model),
-        "tokenizer_uri": data_st.uri(*tokenizer_parts),
-        "storage_root": storage.root,
-        "out_dir": out_dir,
-        "config_hash": cfg.config_hash(),
-        "pad_id": 0,
-    }
+    return TrainPlan(
+        files=tuple(files),
+        rows=rows,
+        tokens=tokens,
+        loss_tokens=loss_tokens,
+        seq_len=seq_len,
+        max_seq_len=max_seq_len,
+        pad_id=manifest_pad_id(manifest, data_st, tokenizer_parts),
+        accum=accum,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * cfg.epochs,
+        rows_left_over_per_epoch=rows - steps_per_epoch * cfg.global_batch_size,
+        model_uri=resolve_model(storage, cfg.model),
+        tokenizer_uri=data_st.uri(*tokenizer_parts),
+        storage_root=storage.root,
+        out_dir=out_dir,
+        config_hash=cfg.config_hash(),
+    )
 

@@ -14,24 +14,24 @@ owns) and fails with `StallError` naming the phase and worker, instead of hangin
 from __future__ import annotations
 
 import json
-from typing import Any
-
-from pydantic import BaseModel
+from typing import Any, ClassVar
 
 from valley.errors import ConfigError
-from valley.storage import Storage, stage_dir
+from valley.stage import StageResult, run_stage
+from valley.storage import Storage
 from valley.train.config import TrainConfig
 from valley.train.export import EXPORT_MARKER, is_exported
 from valley.train.loop import epoch_dataset_name, epoch_model_name, train_loop_per_worker
-from valley.train.plan import plan_run
+from valley.train.plan import TrainPlan, plan_run
 from valley.watchdog import StallError, default_timeout, kill_registered, start_board, watch_ref
 
 RUN_NAME = "checkpoints"
 STALL_RECORD = "stall.json"
 
 
-class TrainResult(BaseModel):
-    output_dir: str
+class TrainResult(StageResult):
+    """Paths under the storage root; `storage.uri(model_dir)` is what a generate or stage-2 config takes."""
+
     model_dir: str
     # epoch number (1-based) -> exported model after it; the last epoch is `model_dir`, earlier ones are
     # present only with `export_every_epoch`
@@ -45,24 +45,26 @@ class TrainResult(BaseModel):
     rows_left_over_per_epoch: int  # rows past the last full global batch of an epoch (reshuffled next epoch)
     tokens_per_epoch: int
     final_loss: float | None = None
-    skipped: bool = False
+
+    path_fields: ClassVar[tuple[str, ...]] = ("model_dir", "epoch_model_dirs", "checkpoints_dir", "metrics_path")
+    renamed_fields: ClassVar[dict[str, str]] = {"output_dir": "stage_dir"}  # markers before stage_dir
 
 
-def epoch_datasets(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
+def epoch_datasets(cfg: TrainConfig, files: tuple[str, ...]) -> dict[str, Any]:
     """One lazily read dataset per epoch, each shuffled with its own seed: deterministic, so a restarted run
     sees the same order and can skip what it already trained on."""
     import ray.data
 
-    from valley.train.batches import COLUMNS
+    from valley.train.batches import TRAIN_COLUMNS
 
-    base = ray.data.read_parquet(files, shuffle=None).select_columns(COLUMNS)
+    base = ray.data.read_parquet(list(files), shuffle=None).select_columns(TRAIN_COLUMNS)
     out = {}
     for epoch in range(cfg.epochs):
         out[epoch_dataset_name(epoch)] = base.random_shuffle(seed=cfg.seed + epoch) if cfg.shuffle else base
     return out
 
 
-def build_trainer(cfg: TrainConfig, storage: Storage, out: str, plan: dict[str, Any], board: Any = None) -> Any:
+def build_trainer(cfg: TrainConfig, storage: Storage, out: str, plan: TrainPlan, board: Any = None) -> Any:
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -89,7 +91,7 @@ def build_trainer(cfg: TrainConfig, storage: Storage, out: str, plan: dict[str, 
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if cfg.use_gpu else "cpu",
                                              "TOKENIZERS_PARALLELISM": "false"}},
         ),
-        datasets=epoch_datasets(cfg, plan["files"]),
+        datasets=epoch_datasets(cfg, plan.files),
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
 
@@ -138,14 +140,14 @@ class FitRunner:
     """Ray actor (no CPU) that runs `TorchTrainer.fit()`: Ray Train's controller and workers are owned by
     it, so killing it is how a stalled run is ended (the driver itself must live on to report)."""
 
-    def fit(self, cfg_json: dict[str, Any], storage_root: str, out: str, plan: dict[str, Any], board: Any) -> None:
+    def fit(self, cfg_json: dict[str, Any], storage_root: str, out: str, plan: TrainPlan, board: Any) -> None:
         cfg = TrainConfig.model_validate(cfg_json)
         result = build_trainer(cfg, Storage(storage_root), out, plan, board).fit()
         if getattr(result, "error", None) is not None:
             raise result.error
 
 
-def _fit_watched(cfg: TrainConfig, storage: Storage, out: str, plan: dict[str, Any]) -> None:
+def _fit_watched(cfg: TrainConfig, storage: Storage, out: str, plan: TrainPlan) -> None:
     """`fit()` under the watchdog: returns when training finished, raises its error or `StallError`."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -177,9 +179,11 @@ def _fit_watched(cfg: TrainConfig, storage: Storage, out: str, plan: dict[str, A
 def run_train(cfg: TrainConfig, storage: Storage) -> TrainResult:
     """Train (or continue a killed run of) this config; a finished run with the same config is skipped."""
     h = cfg.config_hash()
-    out = stage_dir("train", cfg.name, h)
-    if storage.is_complete(out, h):
-        return TrainResult(**storage.success_summary(out), skipped=True)
+    return run_stage(storage, "train", cfg.name, h, TrainResult, lambda out: _train(cfg, storage, h, out))
+
+
+def _train(cfg: TrainConfig, storage: Storage, h: str, out: str) -> TrainResult:
+    """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
     plan = plan_run(cfg, storage, out)
     _check_cpus_left_for_data(cfg)
     _fit_watched(cfg, storage, out, plan)
@@ -191,19 +195,17 @@ def run_train(cfg: TrainConfig, storage: Storage) -> TrainResult:
             raise ConfigError(f"training finished but the export {storage.uri(out, name)} is incomplete "
                               f"(no {EXPORT_MARKER})")
     history = [json.loads(line) for line in storage.read_text(out, "metrics.jsonl").splitlines() if line]
-    summary = TrainResult(
-        output_dir=storage.uri(out),
-        model_dir=storage.uri(out, "model"),
-        epoch_model_dirs={k: storage.uri(out, name) for k, name in sorted(epoch_dirs.items())},
-        checkpoints_dir=storage.uri(out, RUN_NAME),
-        metrics_path=storage.uri(out, "metrics.jsonl"),
+    return TrainResult(
+        stage_dir=out,
+        model_dir=f"{out}/model",
+        epoch_model_dirs={k: f"{out}/{name}" for k, name in sorted(epoch_dirs.items())},
+        checkpoints_dir=f"{out}/{RUN_NAME}",
+        metrics_path=f"{out}/metrics.jsonl",
         config_hash=h,
-        steps=plan["total_steps"],
-        steps_per_epoch=plan["steps_per_epoch"],
-        rows=plan["rows"],
-        rows_left_over_per_epoch=plan["rows_left_over_per_epoch"],
-        tokens_per_epoch=plan["tokens"],
+        steps=plan.total_steps,
+        steps_per_epoch=plan.steps_per_epoch,
+        rows=plan.rows,
+        rows_left_over_per_epoch=plan.rows_left_over_per_epoch,
+        tokens_per_epoch=plan.tokens,
         final_loss=history[-1]["loss"] if history else None,
     )
-    storage.mark_success(out, h, summary.model_dump(mode="json", exclude={"skipped"}))
-    return summary

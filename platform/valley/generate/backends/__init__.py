@@ -1,5 +1,9 @@
-"""Generation backends behind one interface (`base.Backend`); vLLM is imported only when selected."""
+"""Generation backends behind one interface (`base.Backend`); vLLM is imported only when selected.
 
-from valley.generate.backends.base import Backend, Completion, Request, Sampling, make_backend, sample_seed
+Build one with `factory.make_backend` (not re-exported here, so that importing this package never
+reaches the backends that import `base` back).
+"""
 
-__all__ = ["Backend", "Completion", "Request", "Sampling", "make_backend", "sample_seed"]
+from valley.generate.backends.base import Backend, Completion, Request, Sampling, sample_seed
+
+__all__ = ["Backend", "Completion", "Request", "Sampling", "sample_seed"]

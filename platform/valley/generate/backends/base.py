@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,9 @@ class Completion:
     sample_idx: int
     text: str
     n_tokens: int  # generated tokens, the end-of-sequence token included when the model stopped
-    finish_reason: str  # "stop" (end of sequence) | "length" (max_tokens reached)
+    # "stop" (end of sequence) | "length" (max_tokens reached) | "context" (the context window filled up
+    # before max_tokens: prompt + output reached max_model_len or the model's window)
+    finish_reason: str
 
 
 def sample_seed(seed: int, question_id: str, sample_idx: int) -> int:
@@ -53,16 +54,3 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
         """Release devices/engines; the default holds nothing."""
-
-
-def make_backend(kind: str, model: str, **options: Any) -> Backend:
-    """Build a backend by name; imports lazily so a CPU install never imports vLLM."""
-    if kind == "transformers":
-        from valley.generate.backends.hf import TransformersBackend
-
-        return TransformersBackend(model, **options)
-    if kind == "vllm":
-        from valley.generate.backends.vllm import VLLMBackend
-
-        return VLLMBackend(model, **options)
-    raise ValueError(f"unknown generation backend {kind!r} (transformers | vllm)")

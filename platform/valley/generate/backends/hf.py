@@ -3,6 +3,11 @@
 Sampling is done by a logits processor that draws each row's token from that row's own generator
 (seeded per sample) and hands `generate` a one-hot distribution to pick greedily. That keeps HF's
 batched decoding loop and KV cache while making every sample independent of its batch-mates.
+
+Each row's budget is min(max_tokens, context - its own prompt length) (context: `max_model_len`, else the
+model's window after `hf_overrides`); a row cut by the window finishes as "context", not "length". Rows
+with shorter budgets are decoded along with the batch and their extra tokens dropped, which leaves their
+samples unchanged (a token never depends on later ones).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor
 
 from valley.generate.backends.base import Backend, Completion, Request, Sampling
+from valley.generate.context import merge_overrides, model_window
 
 
 class SeededSampler(LogitsProcessor):
@@ -53,19 +59,33 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-def finish(new_tokens: list[int], eos_ids: set[int], max_tokens: int) -> tuple[int, str]:
-    """(generated token count, finish reason) of one row of `generate`'s output (pads after EOS)."""
+def finish(new_tokens: list[int], eos_ids: set[int], max_tokens: int, *, context: bool = False) -> tuple[int, str]:
+    """(generated token count, finish reason) of one row of `generate`'s output (pads after EOS).
+    `context`: `max_tokens` is this row's room left in the context window, not the token budget."""
     for i, tok in enumerate(new_tokens[:max_tokens]):
         if tok in eos_ids:
             return i + 1, "stop"
-    return min(len(new_tokens), max_tokens), "length"
+    return min(len(new_tokens), max_tokens), "context" if context else "length"
+
+
+def load_config(model: str, overrides: dict[str, Any] | None) -> Any:
+    """The model's config with `overrides` applied through its config class (so rope settings are
+    validated and standardised as if they had been in config.json)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    if not overrides:
+        return AutoConfig.from_pretrained(model)
+    raw, _ = PretrainedConfig.get_config_dict(model)
+    merged = merge_overrides(dict(raw), overrides)
+    return AutoConfig.for_model(merged.pop("model_type"), **merged)
 
 
 class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model: str, *, dtype: str = "auto", num_threads: int | None = None,
-                 device: str | None = None, **_: Any):
+                 device: str | None = None, max_model_len: int | None = None,
+                 hf_overrides: dict[str, Any] | None = None, **_: Any):
         if num_threads:
             torch.set_num_threads(max(1, int(num_threads)))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -75,7 +95,9 @@ class TransformersBackend(Backend):
             torch_dtype = torch.float32  # bf16 matmuls are slow or missing on many CPUs
         elif dtype != "auto":
             torch_dtype = getattr(torch, dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        config = load_config(model, hf_overrides)
+        self.model = AutoModelForCausalLM.from_pretrained(model, config=config, dtype=torch_dtype).to(self.device).eval()
+        self.context = max_model_len or model_window(config.to_dict()).tokens  # None: unbounded
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
@@ -89,15 +111,27 @@ class TransformersBackend(Backend):
         processors = []
         if sampling.temperature > 0:
             processors.append(SeededSampler([r.seed for r in requests], sampling.temperature, sampling.top_p))
-        gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=sampling.max_tokens,
+        budgets = self._budgets(requests, enc["attention_mask"].sum(dim=1).tolist(), sampling.max_tokens)
+        gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max(budgets),
                                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
         with torch.inference_mode():
             out = self.model.generate(**enc, generation_config=gen_cfg, logits_processor=processors)
         new = out[:, enc["input_ids"].shape[1]:].tolist()
         eos = set(self.eos_ids)
         completions = []
-        for req, row in zip(requests, new, strict=True):
-            n, reason = finish(row, eos, sampling.max_tokens)
+        for req, row, budget in zip(requests, new, budgets, strict=True):
+            n, reason = finish(row, eos, budget, context=budget < sampling.max_tokens)
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
             completions.append(Completion(req.question_id, req.sample_idx, text, n, reason))
         return completions
+
+    def _budgets(self, requests: list[Request], prompt_lens: list[int], max_tokens: int) -> list[int]:
+        """Tokens each row may generate: max_tokens, or less where its prompt leaves less context."""
+        if self.context is None:
+            return [max_tokens] * len(requests)
+        budgets = [min(max_tokens, self.context - int(n)) for n in prompt_lens]
+        for req, n, budget in zip(requests, prompt_lens, budgets, strict=True):
+            if budget < 1:
+                raise ValueError(f"prompt of {req.question_id}/{req.sample_idx} ({int(n)} tokens) fills the "
+                                 f"{self.context}-token context")
+        return budgets

@@ -3,6 +3,8 @@
 vLLM is imported here only, when the config selects it, so CPU installs never need it. Prompts are
 passed as token ids tokenized without special tokens, exactly like the transformers backend, because
 the chat template already carries BOS; letting vLLM tokenize the text would add a second BOS for Llama.
+`hf_overrides` (e.g. YaRN rope scaling) go to the engine as vLLM's own `hf_overrides`. vLLM reports a
+sample cut by `max_model_len` as "length" too; one that stopped short of max_tokens is recorded as "context".
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ from valley.generate.backends.base import Backend, Completion, Request, Sampling
 from valley.generate.prompts import encode_prompt
 
 
+def finish_reason(reason: str, n_tokens: int, max_tokens: int) -> str:
+    """vLLM's "length" covers both limits; short of max_tokens it was the context window that ended it."""
+    return "context" if reason == "length" and n_tokens < max_tokens else reason
+
+
 class VLLMBackend(Backend):
     name = "vllm"
 
     def __init__(self, model: str, *, tensor_parallel_size: int = 1, dtype: str = "auto",
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
                  distributed_executor_backend: str | None = None, enforce_eager: bool = False,
-                 engine_kwargs: dict[str, Any] | None = None, **_: Any):
+                 hf_overrides: dict[str, Any] | None = None, engine_kwargs: dict[str, Any] | None = None,
+                 **_: Any):
         from vllm import LLM
 
         kwargs: dict[str, Any] = {
@@ -33,6 +41,8 @@ class VLLMBackend(Backend):
         }
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        if hf_overrides:
+            kwargs["hf_overrides"] = dict(hf_overrides)
         if tensor_parallel_size > 1:
             # Inside a Ray actor that already holds `tensor_parallel_size` GPUs, worker processes are
             # the simplest correct choice; "ray" is the alternative on multi-node engines.
@@ -61,7 +71,8 @@ class VLLMBackend(Backend):
             c = out.outputs[0]
             if c.finish_reason not in ("stop", "length"):
                 raise RuntimeError(f"vLLM request {req.question_id}/{req.sample_idx} ended with {c.finish_reason!r}")
-            completions.append(Completion(req.question_id, req.sample_idx, c.text, len(c.token_ids), c.finish_reason))
+            completions.append(Completion(req.question_id, req.sample_idx, c.text, len(c.token_ids),
+                                          finish_reason(c.finish_reason, len(c.token_ids), sampling.max_tokens)))
         return completions
 
     def close(self) -> None:

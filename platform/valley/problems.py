@@ -1,8 +1,9 @@
-"""Test formats: LiveCodeBench rows and TACO `input_output` into one internal representation.
+"""Problem and test formats: LiveCodeBench rows and TACO `input_output` into one internal representation.
 
-Pure functions without Ray so the generate stage can load problems with them too. A problems row
-(schemas.PROBLEMS) stores its tests as a JSON list of {input, output, testtype}; `TestSpec` is what
-the runner executes.
+A bottom-layer module (it imports only `valley.schemas`, `valley.errors` and third-party libraries)
+so that generate, grade, decontam and imports all read problems the same way without depending on
+each other. A problems row (schemas.PROBLEMS) stores its tests as a JSON list of {input, output,
+testtype}; `TestSpec` is what the grader's runner executes.
 """
 
 from __future__ import annotations

@@ -1,28 +1,17 @@
-"""Moving Hugging Face directories between the storage root (local or s3://) and a worker's local disk."""
+"""Moving Hugging Face directories between the storage root (local or s3://) and a worker's local disk.
+
+(Which storage a user path lives in is `Storage.resolve`.)
+"""
 
 from __future__ import annotations
 
-import os
 import posixpath
 import tempfile
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from valley.errors import ConfigError
 from valley.storage import Storage
-
-
-def resolve(storage: Storage, path: str) -> tuple[Storage, str]:
-    """A user path -> (storage holding it, path relative to that storage). Absolute paths and URIs are their
-    own root; anything else is relative to the run's storage root."""
-    if "://" in path and not path.startswith("file://"):
-        return Storage(path), ""
-    if os.path.isabs(path.removeprefix("file://")):
-        if not os.path.exists(path.removeprefix("file://")):
-            raise ConfigError(f"{path} does not exist")
-        return Storage(path), ""
-    return storage, path.strip("/")
 
 
 def local_dir(storage: Storage, rel: str, cache_root: str | None = None) -> str:

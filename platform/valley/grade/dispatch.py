@@ -1,4 +1,4 @@
-"""Ray orchestration shared by grade and label: deterministic batches, one Ray task per batch.
+"""Batch dispatch shared by grade and label: deterministic batches, one Ray task per batch.
 
 A batch's part file is named from the hash of its keys, so a batch retried after its worker died
 (Ray re-runs it) or re-run after a crash of the driver overwrites the same file instead of adding
@@ -9,6 +9,7 @@ Two phases: every batch at full concurrency, then the samples whose verdict may 
 (a wall-clock kill with CPU time under the limit, or a grader_error) re-run one at a time with
 nothing else of the stage running, their parts rewritten with `rerun_alone` set. A watchdog fails
 the stage, naming the phase and the batches in flight, when no batch completes for `stall_timeout_s`.
+How batches run (limits, sandbox, Ray task options, stall timeout) travels as one `DispatchSettings`.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import ray
 
+from valley.grade.config import SandboxSettings
 from valley.grade.extract import extract_code
-from valley.grade.formats import TestSpec
 from valley.grade.runner import Grader
 from valley.grade.sandbox import Limits, SandboxError
+from valley.problems import TestSpec
 from valley.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,27 @@ RERUN_WALL_FACTOR = 10.0  # wall-clock backstop of a re-run alone, in multiples 
 
 class StageStalledError(RuntimeError):
     """No batch completed within the stall timeout (the message names the phase and the batches)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatchSettings:
+    """How a stage's batches run: the sandbox (limits, kind, bwrap binary) and the Ray task options."""
+
+    limits: Limits
+    sandbox: str  # bwrap | rlimit_only
+    bwrap: str | None
+    num_cpus: float
+    resources: Mapping[str, float] = field(default_factory=dict)
+    max_in_flight: int
+    max_retries: int
+    stall_timeout_s: float = 900.0
+
+    @classmethod
+    def from_config(cls, cfg: SandboxSettings) -> DispatchSettings:
+        """The settings of a grade or label config (both derive from SandboxSettings)."""
+        return cls(limits=cfg.limits(), sandbox=cfg.sandbox, bwrap=cfg.bwrap_path, num_cpus=cfg.num_cpus_per_task,
+                   resources=dict(cfg.task_resources), max_in_flight=cfg.max_in_flight,
+                   max_retries=cfg.max_retries, stall_timeout_s=cfg.stall_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -185,23 +208,18 @@ def run_batches(
     out_dir: str,
     batches: list[Batch],
     specs: dict[str, TestSpec],
-    limits: Limits,
+    settings: DispatchSettings,
     *,
-    sandbox: str,
-    bwrap: str | None,
     schema: pa.Schema,
-    num_cpus: float,
-    resources: dict[str, float] | None = None,
-    max_in_flight: int,
-    max_retries: int,
     tests_dir: str | None = None,
     tests_schema: pa.Schema | None = None,
     on_part: Callable[[str, int], None] | None = None,
-    stall_timeout_s: float = 900.0,
 ) -> RunStats:
     """Grade every batch whose part is not on disk yet, writing each part as its task finishes; then
     re-run alone the samples that need it."""
     t0 = time.monotonic()
+    limits, sandbox, bwrap = settings.limits, settings.sandbox, settings.bwrap
+    stall_timeout_s = settings.stall_timeout_s
     stats = RunStats(batches=len(batches), parts=[b.name for b in batches])
     todo, check = [], set()  # `check`: parts that may hold samples flagged for a re-run alone
     for b in batches:
@@ -212,8 +230,8 @@ def run_batches(
             todo.append(b)
     schema = with_extra_fields(schema)
     # A worker that dies is retried by Ray (so is a task that raised SandboxError, kept for safety).
-    task = _grade_batch_task.options(num_cpus=num_cpus, resources=resources or {}, max_retries=max_retries,
-                                     retry_exceptions=[SandboxError])
+    task = _grade_batch_task.options(num_cpus=settings.num_cpus, resources=dict(settings.resources),
+                                     max_retries=settings.max_retries, retry_exceptions=[SandboxError])
     per_test = tests_dir is not None and tests_schema is not None
 
     def write(b: Batch, rows: list[dict], test_rows: list[dict]) -> None:
@@ -230,7 +248,7 @@ def run_batches(
     queue = list(reversed(todo))
     last = time.monotonic()
     while queue or pending:
-        while queue and len(pending) < max_in_flight:
+        while queue and len(pending) < settings.max_in_flight:
             b = queue.pop()
             pending[submit(b.items)] = b
         done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, last + stall_timeout_s - time.monotonic()))

@@ -1,0 +1,91 @@
+"""Command-line surface of the study: `valley run --plan` (the graph), `valley status`, `valley report --partial`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from valley.errors import ConfigError
+from valley.experiment.plan import StudyGraph, plan_rows
+from valley.experiment.status import counts, driver_state, experiments, read_study, status_rows
+from valley.storage import Storage
+
+
+def _console() -> Console:
+    """Full-width tables when piped too (node ids are long; a log file has no 80-column limit)."""
+    import sys
+
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def _table(title: str, rows: list[dict[str, str]]) -> Table:
+    table = Table(title=title)
+    for col in rows[0] if rows else ():
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row.values())
+    return table
+
+
+def print_graph(graph: StudyGraph, limits: dict[str, Any]) -> None:
+    """The study's nodes, what each waits for and what it holds while it runs."""
+    console = _console()
+    kinds = ", ".join(f"{graph.count(k)} {k}" for k in ("data", "label", "train", "generate", "grade", "report"))
+    console.print(_table(f"study {graph.experiment}: {len(graph.nodes)} nodes ({kinds})", plan_rows(graph)))
+    console.print("at once at most (max_concurrent; unset: what the cluster holds when the study starts): "
+                  + ", ".join(f"{k} {'cluster' if v is None else v}" for k, v in limits.items()))
+
+
+def add_status_parser(sub: Any, add_storage: Any) -> None:
+    p = sub.add_parser("status", help="state of each node of a running or finished study, read from its storage")
+    p.add_argument("storage_root", nargs="?", default=None, help="storage root (default: --storage)")
+    p.add_argument("--experiment", default=None, help="which study (default: every study under the root)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_storage(p)
+
+
+def status_main(args: argparse.Namespace) -> int:
+    """Print each study's node table; exit 1 when a node failed, 0 otherwise."""
+    import json
+
+    storage = Storage(args.storage_root or args.storage)
+    names = [args.experiment] if args.experiment else experiments(storage)
+    if not names:
+        raise ConfigError(f"no study under {storage.uri()} (looked for experiments/*/study/graph.json)")
+    console, now, any_failed, out = _console(), time.time(), False, {}
+    for name in names:
+        try:
+            graph, records, driver = read_study(storage, name)
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from exc
+        rows, tally, state = status_rows(graph, records, now), counts(records.values()), driver_state(driver, now)
+        any_failed |= tally.get("failed", 0) > 0
+        if args.json:
+            out[name] = {"driver": state, "counts": tally, "nodes": rows}
+            continue
+        summary = ", ".join(f"{v} {k}" for k, v in tally.items() if v)
+        console.print(_table(f"{name}: driver {state} on {driver.get('host', '?')}; {summary}", rows))
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return 1 if any_failed else 0
+
+
+def partial_report(storage: Storage, experiment: str | None) -> dict[str, Any]:
+    """A report over whatever evaluations of a study have finished, as its own report run (`<experiment>-partial`)."""
+    from valley.experiment import stages
+    from valley.experiment.spec import ExperimentSpec
+    from valley.experiment.status import finished_outputs
+
+    names = [experiment] if experiment else experiments(storage)
+    if len(names) != 1:
+        raise ConfigError(f"name the study with --experiment (found {names or 'none'} under {storage.uri()})")
+    graph, records, _ = read_study(storage, names[0])
+    spec = ExperimentSpec.model_validate(storage.read_json("experiments", names[0], "study", "spec.json"))
+    outputs = finished_outputs(records)
+    if not stages.graded_outputs(graph, outputs):
+        raise ConfigError(f"no evaluation of {names[0]} has finished grading yet; nothing to report")
+    return stages.run_report(spec, graph, storage, outputs, name=f"{names[0]}-partial")

@@ -1,0 +1,153 @@
+"""Run one node of the study graph: build its stage config from the spec and its inputs' outputs, call the stage.
+
+A node's outputs are a small JSON dict of root-relative paths (`outputs_of`), kept in its status record, so a
+later node, a resumed study and `valley report --partial` all read the same thing, without the stage objects.
+Every stage is content-hashed and skips itself when finished, so running a finished node again is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+
+from valley import costs
+from valley.experiment.plan import EvalRun, Node, StudyGraph, train_fields
+from valley.experiment.spec import ExperimentSpec
+from valley.storage import Storage
+
+console = Console(stderr=True)
+Outputs = dict[str, Any]
+
+
+def _student(spec: ExperimentSpec, name: str | None) -> Any:
+    return next(s for s in spec.students if s.name == name)
+
+
+def run_data(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Outputs:
+    from valley.data.config import DataConfig, SubsetSpec
+    from valley.data.stage import run_data as stage
+
+    student = _student(spec, node.student)
+    fields = dict(spec.data)
+    label = node.params.get("labelled")
+    if label:
+        # The labelled traces already carry what the joins brought; joining again would only cost time.
+        fields.update(inputs=[f"{storage.uri(inputs[label]['traces'])}/*.parquet"], columns={"preset": "valley"},
+                      joins=[])
+    cfg = DataConfig(name=node.name, tokenizer=student.tokenizer or student.model,
+                     subsets=[SubsetSpec(**s) for s in node.params["subsets"]], **fields)
+    result = costs.timed("data", stage, cfg, storage)
+    console.log(f"[data] {node.name}: accepted {result.accepted}, rejected {result.rejected}")
+    return {"stage_dir": result.stage_dir}
+
+
+def run_label(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Outputs:
+    from valley.grade.config import LabelConfig
+    from valley.grade.label import run_label as stage
+
+    traces = f"{inputs[node.params['data']]['stage_dir']}/traces"
+    result = costs.timed("label", stage, LabelConfig(name=node.name, traces=traces, **(spec.label or {})), storage)
+    console.log(f"[label] {node.name}: correct={result.correct} incorrect={result.incorrect} "
+                f"no_tests={result.no_tests}")
+    return {"stage_dir": result.stage_dir, "traces": result.traces_dir}
+
+
+def run_train(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Outputs:
+    from valley.train.config import TrainConfig
+    from valley.train.stage import run_train as stage
+
+    p = node.params
+    # a trained model as the full location the sequential runner passed, so the config hash is the same
+    start = storage.uri(inputs[p["start"]]["model"]) if p["start"] else _student(spec, node.student).model
+    cfg = TrainConfig(name=node.name, data=inputs[p["data"]]["stage_dir"], subset=p["subset"], model=start,
+                      export_every_epoch=p["per_epoch"], **train_fields(spec))
+    result = costs.timed("train", stage, cfg, storage)
+    console.log(f"[train] {node.name}: {result.steps} steps, final loss {result.final_loss}")
+    return {"stage_dir": result.stage_dir, "model": result.model_dir,
+            "epochs": {str(k): v for k, v in result.epoch_model_dirs.items()}}
+
+
+def run_generate(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Outputs:
+    from valley.generate.config import GenerateConfig
+    from valley.generate.stage import run_generate as stage
+
+    p = node.params
+    if p["train"] is None:
+        model = _student(spec, node.student).model
+    else:
+        trained = inputs[p["train"]]
+        model = storage.uri(trained["epochs"][str(p["epoch"])] if p.get("epoch") else trained["model"])
+    cfg = GenerateConfig(name=node.name, model=model, run_id=p["run_id"], **spec.generate_fields(node.student))
+    result = costs.timed("generate", stage, cfg, storage)
+    console.log(f"[generate] {p['run_id']}: {result.n_samples} samples, finish {result.finish_reasons}")
+    return {"stage_dir": result.stage_dir, "samples": result.samples, "problems": result.problems}
+
+
+def run_grade(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Outputs:
+    from valley.grade.config import GradeConfig
+    from valley.grade.stage import run_grade as stage
+
+    gen = inputs[node.params["generate"]]
+    cfg = GradeConfig(name=node.name, samples=gen["samples"], problems=gen["problems"], **spec.grade)
+    result = costs.timed("grade", stage, cfg, storage)
+    console.log(f"[grade] {node.params['run_id']}: {result.counts}")
+    return {"stage_dir": result.stage_dir, "verdicts": result.verdicts_dir, "samples": gen["samples"],
+            "problems": gen["problems"]}
+
+
+def run_specs(runs: tuple[EvalRun, ...] | list[EvalRun], graded: Mapping[str, Outputs]) -> list[dict[str, Any]]:
+    """The report's RunSpec dicts for every evaluation point whose grading (or its alias's) has finished.
+    `graded` maps run ids to their grade node's outputs; points without one are left out (a partial report)."""
+    specs = []
+    for run in runs:
+        source = run.alias_of or run.run_id
+        if source not in graded:
+            continue
+        tables = {k: graded[source][k] for k in ("samples", "verdicts", "problems")}
+        entry = {"run_id": run.run_id, "data_size": run.data_size, "subset": run.subset,
+                 "checkpoint": run.checkpoint, "model": run.student, "epoch": run.epoch, **tables}
+        if run.alias_of is not None:
+            entry["source_run_id"] = source  # the rows inside those tables carry the source's run id
+        specs.append(entry)
+    return specs
+
+
+def report_max_tokens(spec: ExperimentSpec) -> int:
+    """The completion budget the report scores against: the generate runs' own `max_tokens`."""
+    from valley.generate.config import GenerateConfig
+
+    return GenerateConfig(model="-", **spec.generate).max_tokens
+
+
+def graded_outputs(graph: StudyGraph, outputs: Mapping[str, Outputs]) -> dict[str, Outputs]:
+    return {graph.node(nid).params["run_id"]: out for nid, out in outputs.items()
+            if nid in graph.by_id() and graph.node(nid).kind == "grade"}
+
+
+def run_report(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, outputs: Mapping[str, Outputs],
+               name: str | None = None) -> Outputs:
+    """The report over every finished evaluation (all of them, unless called for a partial report)."""
+    from valley.report.config import ReportConfig
+    from valley.report.stage import run_report as stage
+
+    specs = run_specs(graph.runs, graded_outputs(graph, outputs))
+    ledger = costs.CostLedger(storage, spec.experiment)
+    fields = {"max_tokens": report_max_tokens(spec), "costs": ledger.rows(), **spec.report}
+    result = stage(ReportConfig(name=name or spec.experiment, experiment=spec.experiment, runs=specs, **fields),
+                   storage)
+    console.log(f"[report] {storage.uri(result.report_md)}")
+    return {"stage_dir": result.stage_dir, "report_md": result.report_md, "results": result.results,
+            "plots": list(result.plots), "runs": specs}
+
+
+RUNNERS = {"data": run_data, "label": run_label, "train": run_train, "generate": run_generate, "grade": run_grade}
+
+
+def run_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
+             outputs: Mapping[str, Outputs]) -> Outputs:
+    """Run one node, given the outputs of (at least) its dependencies."""
+    if node.kind == "report":
+        return run_report(spec, graph, storage, outputs)
+    return RUNNERS[node.kind](spec, node, storage, {d: outputs[d] for d in node.deps})

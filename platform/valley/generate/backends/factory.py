@@ -1,0 +1,21 @@
+"""`make_backend`: a backend by name, kept out of base.py so that no backend module imports a module that
+imports it back (hf.py and vllm.py import base.py; only this module imports them, lazily)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from valley.generate.backends.base import Backend
+
+
+def make_backend(kind: str, model: str, **options: Any) -> Backend:
+    """Build a backend by name; imports lazily so a CPU install never imports vLLM."""
+    if kind == "transformers":
+        from valley.generate.backends.hf import TransformersBackend
+
+        return TransformersBackend(model, **options)
+    if kind == "vllm":
+        from valley.generate.backends.vllm import VLLMBackend
+
+        return VLLMBackend(model, **options)
+    raise ValueError(f"unknown generation backend {kind!r} (transformers | vllm)")
