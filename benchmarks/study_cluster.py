@@ -65,10 +65,10 @@ def fail_nodes(node_ids: list[str]) -> None:
         return
     inner = stages.run_node
 
-    def run_node(spec: Any, graph: Any, node: Any, storage: Any, outputs: Any) -> Any:
+    def run_node(spec: Any, graph: Any, node: Any, storage: Any, outputs: Any, context: Any) -> Any:
         if node.id in node_ids:
             raise RuntimeError(f"injected failure of {node.id}")
-        return inner(spec, graph, node, storage, outputs)
+        return inner(spec, graph, node, storage, outputs, context)
 
     stages.run_node = run_node
 

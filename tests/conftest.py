@@ -31,6 +31,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """The demo's tiny random Qwen2 student (a Hugging Face directory), built once per test session."""
+    from valley.demo import build_demo_tokenizer, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return str(build_tiny_model(root / "model", build_demo_tokenizer(root / "tok")))
+
+
 @pytest.fixture()
 def storage(tmp_path):
     from valley.storage import Storage

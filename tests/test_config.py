@@ -45,7 +45,9 @@ OVERRIDES: dict[type[StageConfig], dict[str, list[Any]]] = {
         "joins": [[{"name": "j", "on": ["id"], "from": ["x.jsonl"]}]],
         "subsets": [[{"name": "r10", "kind": "random", "size": 10}]],
     },
-    GenerateConfig: {"filters": [{"limit": 3}], "pool": [{"replicas": 2}]},
+    GenerateConfig: {"filters": [{"limit": 3}], "pool": [{"replicas": 2}],
+                     "rope_scaling": [{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}],
+                     "hf_overrides": [{"max_position_embeddings": 65536}]},
     ReportConfig: {
         "runs": [[RUN, {**RUN, "run_id": "b"}]],
         "date_windows": [[("2024-01-01", "2024-06-01")]],

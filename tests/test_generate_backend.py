@@ -15,15 +15,6 @@ from valley.generate.backends.hf import SeededSampler, finish
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from valley.demo import build_demo_tokenizer, build_tiny_model
-
-    root = tmp_path_factory.mktemp("tiny")
-    tok = build_demo_tokenizer(root / "tok")
-    return str(build_tiny_model(root / "model", tok))
-
-
-@pytest.fixture(scope="module")
 def backend(tiny_model):
     return make_backend("transformers", tiny_model, num_threads=1)
 

@@ -149,14 +149,6 @@ def test_student_generate_overrides_are_per_student_and_limited(tmp_path):
 
 # ---- per-sample finish reasons on the transformers backend ---------------------------------------
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from valley.demo import build_demo_tokenizer, build_tiny_model
-
-    root = tmp_path_factory.mktemp("tiny")
-    return str(build_tiny_model(root / "model", build_demo_tokenizer(root / "tok")))
-
-
-@pytest.fixture(scope="module")
 def prompt_len(tiny_model):
     from transformers import AutoTokenizer
 

@@ -15,14 +15,6 @@ QIDS = ["abc387_a", "abc387_b", "3674", "3677"]
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from valley.demo import build_demo_tokenizer, build_tiny_model
-
-    root = tmp_path_factory.mktemp("tiny")
-    return str(build_tiny_model(root / "model", build_demo_tokenizer(root / "tok")))
-
-
-@pytest.fixture(scope="module")
 def lcb_file(shared_data):
     return str(shared_data / "lcb" / "refined_test6.jsonl")
 

@@ -252,3 +252,34 @@ def test_grader_error_is_excluded_from_pass_at_1():
     joined = join_run(samples, verdicts, pa.table({"question_id": ["q"]}), max_tokens=100)
     assert joined.n_grader_error == 1 and joined.samples.height == 2
     assert joined.samples["passed"].to_list() == [True, False]
+
+
+def test_grading_follows_samples_as_they_are_written(ray_local, storage):
+    """With `follow`, grading starts before the writer has finished: each round grades the parts on disk, and
+    the final pass plans the same per-part batches, so it grades only the part written last."""
+    _write_inputs(storage)  # part-0: 9 samples (7 gradable)
+    rounds: list[int] = []
+
+    def follow() -> bool:
+        rounds.append(len(storage.list("inputs", "samples", suffix=".parquet")))
+        if len(rounds) == 1:
+            return False
+        if len(rounds) == 2:  # the writer adds its second part, then finishes
+            late = [{"run_id": "r1", "question_id": "add", "sample_idx": 10 + i, "response": GOOD} for i in range(4)]
+            storage.write_parquet(pa.Table.from_pylist(late, schema=schemas.SAMPLES), "inputs", "samples",
+                                  "part-1.parquet")
+        return True
+
+    import valley.grade.stage as grade_stage
+
+    grade_stage.FOLLOW_POLL_S, poll = 0.0, grade_stage.FOLLOW_POLL_S
+    try:
+        res = run_grade(_cfg(), storage, follow=follow)
+    finally:
+        grade_stage.FOLLOW_POLL_S = poll
+    assert rounds == [1, 1]
+    assert res.samples == 13 and res.counts["pass"] == 6 and sum(res.counts.values()) == 11
+    # part-0's 7 samples in batches of 3, part-1's 4: 3 + 2 batches, all graded while following
+    assert res.batches == 5 and res.skipped_batches == 5
+    plain = run_grade(_cfg(), storage)  # the same config without following: already complete
+    assert plain.skipped and plain.counts == res.counts

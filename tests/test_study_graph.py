@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from valley.experiment import load_spec, plan_study
-from valley.experiment.executor import StudyExecutor, critical_path_s, default_limits, fits, priorities
+from valley.experiment.executor import (
+    StudyExecutor,
+    UpstreamFailed,
+    critical_path_s,
+    default_limits,
+    fits,
+    priorities,
+)
 from valley.experiment.plan import Node, StudyGraph, plan_rows
 from valley.experiment.status import StudyStatus, read_study, status_rows
 
@@ -111,7 +118,7 @@ def _toy_graph() -> StudyGraph:
 def _runner(fail: str | None = None, seconds: float = 0.05):
     lock, active, peak = threading.Lock(), {"train": 0}, {"train": 0}
 
-    def run(node, inputs):
+    def run(node, inputs, context):
         assert set(inputs) == set(node.deps)
         with lock:
             active[node.kind] = active.get(node.kind, 0) + 1
@@ -189,3 +196,56 @@ def test_status_command_reads_a_study(tmp_path, capsys):
 def test_graph_rejects_a_node_before_its_dependency():
     with pytest.raises(ValueError, match="dependencies"):
         StudyGraph("x", (Node("b", "train", "b", ("a",)), Node("a", "data", "a")), ())
+
+
+def _following_graph() -> StudyGraph:
+    return StudyGraph("follow", (
+        Node("generate:g", "generate", "g", (), {"CPU": 1}, params={"run_id": "g"}),
+        Node("grade:g", "grade", "g", ("generate:g",), params={"run_id": "g", "follows": ["generate:g"]}),
+        Node("report", "report", "x", ("grade:g",)),
+    ), ())
+
+
+def _follower(fail_generate: bool):
+    """generate announces, writes three parts slowly; grade reads parts until generate is done."""
+    parts: list[int] = []
+    seen_while_running: list[int] = []
+
+    def run(node, inputs, context):
+        if node.kind == "generate":
+            context.announce({"samples": "s"})
+            for i in range(3):
+                time.sleep(0.3)
+                parts.append(i)
+            if fail_generate:
+                raise RuntimeError("generation broke")
+            return {"samples": "s"}
+        if node.kind == "grade":
+            assert "generate:g" not in inputs  # it started before its input finished
+            while True:
+                state = context.state_of("generate:g")
+                if state == "failed":
+                    raise UpstreamFailed("generate:g")
+                if context.announced("generate:g") and parts and not seen_while_running:
+                    seen_while_running.append(len(parts))
+                if state == "done":
+                    return {"graded": len(parts)}
+                time.sleep(0.05)
+        return {}
+
+    return run, seen_while_running
+
+
+def test_grading_follows_a_running_generation():
+    outcome = StudyExecutor(_following_graph(), _follower(False)[0], {}).run()
+    assert set(outcome.states.values()) == {"done"}
+    gen, grade = outcome.intervals["generate:g"], outcome.intervals["grade:g"]
+    assert grade[0] < gen[1]  # grading started while generation ran
+    assert outcome.outputs["grade:g"] == {"graded": 3}
+
+
+def test_a_follower_of_a_failed_generation_is_skipped():
+    run, seen = _follower(True)
+    outcome = StudyExecutor(_following_graph(), run, {}).run()
+    assert outcome.states == {"generate:g": "failed", "grade:g": "skipped", "report": "skipped"}
+    assert seen and seen[0] < 3  # it had graded parts before the failure

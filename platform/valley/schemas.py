@@ -89,16 +89,21 @@ SAMPLES = pa.schema(
 )
 
 # Grade of one sample against its problem's tests.
+# What a grader says of one program against its tests: the same columns for samples and for traces.
+_GRADE_FIELDS = [
+    pa.field("verdict", pa.string(), nullable=False),
+    pa.field("passed_tests", pa.int32()),
+    pa.field("total_tests", pa.int32()),
+    pa.field("first_failure", pa.string()),
+    pa.field("runtime_s", pa.float64()),
+]
+
 VERDICTS = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("question_id", pa.string(), nullable=False),
         pa.field("sample_idx", pa.int32(), nullable=False),
-        pa.field("verdict", pa.string(), nullable=False),
-        pa.field("passed_tests", pa.int32()),
-        pa.field("total_tests", pa.int32()),
-        pa.field("first_failure", pa.string()),
-        pa.field("runtime_s", pa.float64()),
+        *_GRADE_FIELDS,
     ]
 )
 
@@ -120,11 +125,7 @@ LABEL_VERDICTS = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
         pa.field("question_id", pa.string(), nullable=False),
-        pa.field("verdict", pa.string(), nullable=False),
-        pa.field("passed_tests", pa.int32()),
-        pa.field("total_tests", pa.int32()),
-        pa.field("first_failure", pa.string()),
-        pa.field("runtime_s", pa.float64()),
+        *_GRADE_FIELDS,
     ]
 )
 

@@ -7,8 +7,10 @@ executor only decides *when* a node may start: its dependencies are done, and fe
 its kind run. Among ready nodes, those with the most training still below them start first (the critical path:
 the largest RQ1 run, which the stage-2 runs wait for, before the small ones).
 
-A failed node fails only its descendants (marked skipped, with the failed node named); every other node runs
-to its end, and the outcome lists what failed, why, and where its traceback is.
+A node may follow an input instead of waiting for it (`params["follows"]`): grading starts once its
+generation has started and grades sample parts as they are written. A failed node fails only its descendants
+(marked skipped, with the failed node named); every other node runs to its end, and the outcome lists what
+failed, why, and where its traceback is.
 """
 
 from __future__ import annotations
@@ -24,7 +26,26 @@ from typing import Any
 from valley.experiment.plan import Node, StudyGraph
 from valley.experiment.status import StudyStatus
 
-RunNode = Callable[[Node, Mapping[str, dict[str, Any]]], dict[str, Any]]
+
+class UpstreamFailed(RuntimeError):
+    """A node that followed another's stream stops because that node failed (it is skipped, not failed)."""
+
+    def __init__(self, node_id: str):
+        super().__init__(f"{node_id} failed")
+        self.node_id = node_id
+
+
+@dataclass
+class NodeContext:
+    """What a running node may learn of the study besides its finished inputs: it can announce where its
+    output will appear before it is finished, and see the state and announcement of a node it follows."""
+
+    announce: Callable[[dict[str, Any]], None]
+    state_of: Callable[[str], str]
+    announced: Callable[[str], dict[str, Any] | None]
+
+
+RunNode = Callable[[Node, Mapping[str, dict[str, Any]], NodeContext], dict[str, Any]]
 LIMITED_KINDS = ("train", "generate", "grade")
 POLL_S = 2.0
 
@@ -97,6 +118,7 @@ class StudyExecutor:
         self.graph, self.run_node, self.limits = graph, run, dict(limits)
         self.status, self.on_change = status, on_change
         self.outcome = Outcome(states={n.id: "queued" for n in graph.nodes}, limits=dict(limits))
+        self.announcements: dict[str, dict[str, Any]] = {}
 
     # ---- state changes (each one also written to the status files) ------------------------------------
     def _set(self, node_id: str, state: str, **fields: Any) -> None:
@@ -107,9 +129,14 @@ class StudyExecutor:
             self.on_change()
 
     def _ready(self) -> list[Node]:
+        """Queued nodes whose inputs are done; an input the node follows (`params["follows"]`: it reads the
+        input's stream as it is written) only needs to have started."""
         states = self.outcome.states
-        return [n for n in self.graph.nodes
-                if states[n.id] == "queued" and all(states[d] == "done" for d in n.deps)]
+
+        def met(node: Node, dep: str) -> bool:
+            return states[dep] == "done" or (dep in node.params.get("follows", ()) and states[dep] == "running")
+
+        return [n for n in self.graph.nodes if states[n.id] == "queued" and all(met(n, d) for d in n.deps)]
 
     def _running(self, kind: str) -> int:
         return sum(1 for n in self.graph.nodes if n.kind == kind and self.outcome.states[n.id] == "running")
@@ -135,7 +162,10 @@ class StudyExecutor:
                 self._set(child, "skipped", because=node.id)
 
     def _call(self, node: Node) -> dict[str, Any]:
-        return self.run_node(node, {d: self.outcome.outputs[d] for d in node.deps})
+        context = NodeContext(announce=lambda where: self.announcements.__setitem__(node.id, dict(where)),
+                              state_of=self.outcome.states.__getitem__, announced=self.announcements.get)
+        finished = {d: self.outcome.outputs[d] for d in node.deps if d in self.outcome.outputs}
+        return self.run_node(node, finished, context)
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -143,12 +173,16 @@ class StudyExecutor:
         running: dict[Future, Node] = {}
         with ThreadPoolExecutor(max_workers=max(1, len(self.graph.nodes)), thread_name_prefix="study") as pool:
             while True:
-                for node in sorted(self._ready(), key=lambda n: order[n.id], reverse=True):
-                    if self._may_start(node):
-                        start = time.time()
-                        self.outcome.intervals[node.id] = (start, start)
-                        self._set(node.id, "running", started_at=start)
-                        running[pool.submit(self._call, node)] = node
+                started = True
+                while started:  # again after a start: a node that follows it may start too
+                    started = False
+                    for node in sorted(self._ready(), key=lambda n: order[n.id], reverse=True):
+                        if self._may_start(node):
+                            start = time.time()
+                            self.outcome.intervals[node.id] = (start, start)
+                            self._set(node.id, "running", started_at=start)
+                            running[pool.submit(self._call, node)] = node
+                            started = True
                 if not running:
                     break
                 done, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
@@ -162,6 +196,11 @@ class StudyExecutor:
                     if exc is None:
                         self.outcome.outputs[node.id] = future.result()
                         self._set(node.id, "done", ended_at=end, outputs=self.outcome.outputs[node.id])
+                    elif isinstance(exc, UpstreamFailed):
+                        self._set(node.id, "skipped", ended_at=end, because=exc.node_id)
+                        for child in self.graph.descendants(node.id):
+                            if self.outcome.states[child] == "queued":
+                                self._set(child, "skipped", because=exc.node_id)
                     else:
                         self._fail(node, exc)
                 if self.on_change is not None and not done:

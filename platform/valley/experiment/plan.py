@@ -230,7 +230,7 @@ def _student_nodes(spec: ExperimentSpec, student: StudentSpec) -> tuple[list[Nod
         nodes.append(Node(gen_id, "generate", f"{exp}-{run.run_id}", (run.train,) if run.train else (), gen_res, s,
                           {"run_id": run.run_id, "train": run.train, "epoch": run.epoch if run.epoch else None}))
         nodes.append(Node(grade_id, "grade", f"{exp}-{run.run_id}", (gen_id,), {}, s,
-                          {"run_id": run.run_id, "generate": gen_id}))
+                          {"run_id": run.run_id, "generate": gen_id, "follows": [gen_id]}))
     return nodes, runs
 
 

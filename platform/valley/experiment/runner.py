@@ -97,8 +97,8 @@ def execute(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, live: boo
     console.log(f"[study] {len(graph.nodes)} nodes; at once at most: "
                 + ", ".join(f"{k} {'unlimited' if v is None else v}" for k, v in limits.items()))
 
-    def run(node: Any, inputs: Any) -> dict[str, Any]:
-        return stages.run_node(spec, graph, node, storage, inputs)
+    def run(node: Any, inputs: Any, context: Any) -> dict[str, Any]:
+        return stages.run_node(spec, graph, node, storage, inputs, context)
 
     show = console.is_terminal if live is None else live
     executor = StudyExecutor(graph, run, limits, status)

@@ -1,21 +1,23 @@
 """Run one node of the study graph: build its stage config from the spec and its inputs' outputs, call the stage.
 
-A node's outputs are a small JSON dict of root-relative paths (`outputs_of`), kept in its status record, so a
-later node, a resumed study and `valley report --partial` all read the same thing, without the stage objects.
+A node's outputs are a small JSON dict of root-relative paths (what each runner here returns), kept in its status
+record, so a later node, a resumed study and `valley report --partial` all read the same thing.
 Every stage is content-hashed and skips itself when finished, so running a finished node again is cheap.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
 
 from valley import costs
+from valley.experiment.executor import NodeContext, UpstreamFailed
 from valley.experiment.plan import EvalRun, Node, StudyGraph, train_fields
 from valley.experiment.spec import ExperimentSpec
-from valley.storage import Storage
+from valley.storage import Storage, stage_dir
 
 console = Console(stderr=True)
 Outputs = dict[str, Any]
@@ -25,7 +27,8 @@ def _student(spec: ExperimentSpec, name: str | None) -> Any:
     return next(s for s in spec.students if s.name == name)
 
 
-def run_data(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Outputs:
+def run_data(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
+             context: NodeContext) -> Outputs:
     from valley.data.config import DataConfig, SubsetSpec
     from valley.data.stage import run_data as stage
 
@@ -43,7 +46,8 @@ def run_data(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping
     return {"stage_dir": result.stage_dir}
 
 
-def run_label(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Outputs:
+def run_label(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
+              context: NodeContext) -> Outputs:
     from valley.grade.config import LabelConfig
     from valley.grade.label import run_label as stage
 
@@ -54,7 +58,8 @@ def run_label(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mappin
     return {"stage_dir": result.stage_dir, "traces": result.traces_dir}
 
 
-def run_train(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Outputs:
+def run_train(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
+              context: NodeContext) -> Outputs:
     from valley.train.config import TrainConfig
     from valley.train.stage import run_train as stage
 
@@ -69,9 +74,13 @@ def run_train(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mappin
             "epochs": {str(k): v for k, v in result.epoch_model_dirs.items()}}
 
 
-def run_generate(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Outputs:
+def run_generate(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
+                 context: NodeContext) -> Outputs:
+    """Announces where the samples will appear before generating, so grading can follow them."""
     from valley.generate.config import GenerateConfig
+    from valley.generate.stage import STAGE
     from valley.generate.stage import run_generate as stage
+    from valley.generate.writer import SAMPLES_DIR
 
     p = node.params
     if p["train"] is None:
@@ -80,21 +89,47 @@ def run_generate(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Map
         trained = inputs[p["train"]]
         model = storage.uri(trained["epochs"][str(p["epoch"])] if p.get("epoch") else trained["model"])
     cfg = GenerateConfig(name=node.name, model=model, run_id=p["run_id"], **spec.generate_fields(node.student))
+    out = stage_dir(STAGE, cfg.name, cfg.config_hash())
+    context.announce({"stage_dir": out, "samples": f"{out}/{SAMPLES_DIR}", "problems": f"{out}/problems.parquet"})
     result = costs.timed("generate", stage, cfg, storage)
     console.log(f"[generate] {p['run_id']}: {result.n_samples} samples, finish {result.finish_reasons}")
     return {"stage_dir": result.stage_dir, "samples": result.samples, "problems": result.problems}
 
 
-def run_grade(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Outputs:
+def run_grade(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
+              context: NodeContext) -> Outputs:
+    """Grade a generate run's samples; when the generation is still running, follow it: grade its sample
+    parts as they are written (the same batches as afterwards) and finish once it has finished."""
     from valley.grade.config import GradeConfig
     from valley.grade.stage import run_grade as stage
 
-    gen = inputs[node.params["generate"]]
+    gen_id = node.params["generate"]
+    follow = None
+    if gen_id in inputs:
+        gen = inputs[gen_id]
+    else:
+        gen = _await_announcement(context, gen_id)
+
+        def follow() -> bool:
+            state = context.state_of(gen_id)
+            if state in ("failed", "skipped"):
+                raise UpstreamFailed(gen_id)
+            return state == "done"
+
     cfg = GradeConfig(name=node.name, samples=gen["samples"], problems=gen["problems"], **spec.grade)
-    result = costs.timed("grade", stage, cfg, storage)
+    result = costs.timed("grade", lambda c, st: stage(c, st, follow=follow), cfg, storage)
     console.log(f"[grade] {node.params['run_id']}: {result.counts}")
     return {"stage_dir": result.stage_dir, "verdicts": result.verdicts_dir, "samples": gen["samples"],
             "problems": gen["problems"]}
+
+
+def _await_announcement(context: NodeContext, node_id: str, poll_s: float = 1.0) -> dict[str, Any]:
+    """Where a running node's output will appear (it announces that before it starts writing)."""
+    while (where := context.announced(node_id)) is None:
+        if context.state_of(node_id) in ("failed", "skipped"):
+            raise UpstreamFailed(node_id)
+        time.sleep(poll_s)
+    return where
 
 
 def run_specs(runs: tuple[EvalRun, ...] | list[EvalRun], graded: Mapping[str, Outputs]) -> list[dict[str, Any]]:
@@ -146,8 +181,8 @@ RUNNERS = {"data": run_data, "label": run_label, "train": run_train, "generate":
 
 
 def run_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
-             outputs: Mapping[str, Outputs]) -> Outputs:
-    """Run one node, given the outputs of (at least) its dependencies."""
+             outputs: Mapping[str, Outputs], context: NodeContext) -> Outputs:
+    """Run one node, given the outputs of its finished dependencies."""
     if node.kind == "report":
         return run_report(spec, graph, storage, outputs)
-    return RUNNERS[node.kind](spec, node, storage, {d: outputs[d] for d in node.deps})
+    return RUNNERS[node.kind](spec, node, storage, {d: outputs[d] for d in node.deps if d in outputs}, context)

@@ -214,9 +214,11 @@ def run_batches(
     tests_dir: str | None = None,
     tests_schema: pa.Schema | None = None,
     on_part: Callable[[str, int], None] | None = None,
+    rerun_flagged: bool = True,
 ) -> RunStats:
     """Grade every batch whose part is not on disk yet, writing each part as its task finishes; then
-    re-run alone the samples that need it."""
+    re-run alone the samples that need it (`rerun_flagged=False`: leave them to a later call, e.g. while
+    generation still loads the machine)."""
     t0 = time.monotonic()
     limits, sandbox, bwrap = settings.limits, settings.sandbox, settings.bwrap
     stall_timeout_s = settings.stall_timeout_s
@@ -268,7 +270,7 @@ def run_batches(
     # Phase 2: flagged samples one batch at a time, nothing else of ours running; a part is rewritten
     # only once its re-runs are done, so a crash here resumes here.
     for b in batches:
-        if b.name not in check:
+        if b.name not in check or not rerun_flagged:
             continue
         part = storage.read_parquet(out_dir, b.name)
         flags = part.column("needs_rerun").to_pylist() if "needs_rerun" in part.column_names else []

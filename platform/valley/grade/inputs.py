@@ -20,6 +20,18 @@ _JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 def read_table(storage: Storage, path: str) -> pa.Table:
     """A Parquet file or directory, wherever `Storage.resolve` finds it (under the storage root, else from
     the working directory, or at an absolute path or URI)."""
+    fs, files = _parquet_files(storage, path)
+    return pads.dataset(files, filesystem=fs, format="parquet").to_table()
+
+
+def read_parts(storage: Storage, path: str) -> list[tuple[str, pa.Table]]:
+    """(file name, table) per Parquet file of `path`, in name order: the unit a stage that follows a writer
+    works in (a part, once visible, never changes)."""
+    fs, files = _parquet_files(storage, path)
+    return [(f.rsplit("/", 1)[-1], pads.dataset([f], filesystem=fs, format="parquet").to_table()) for f in files]
+
+
+def _parquet_files(storage: Storage, path: str) -> tuple[pafs.FileSystem, list[str]]:
     st, rel = storage.resolve(path)
     fs, p = st.fs, st.path(rel)
     info = fs.get_file_info(p)
@@ -33,7 +45,7 @@ def read_table(storage: Storage, path: str) -> pa.Table:
             raise InputError("no parquet files in directory", file=path)
     else:
         files = [p]
-    return pads.dataset(files, filesystem=fs, format="parquet").to_table()
+    return fs, files
 
 
 def require_columns(table: pa.Table, columns: list[str], *, file: str, non_null: bool = True) -> None:
@@ -62,6 +74,11 @@ def read_problems(storage: Storage, paths: str | list[str]) -> pa.Table:
 
 
 def read_samples(storage: Storage, path: str) -> pa.Table:
-    table = read_table(storage, path)
-    require_columns(table, ["run_id", "question_id", "sample_idx", "response"], file=path)
-    return table.select([c for c in schemas.SAMPLES.names if c in table.column_names])
+    """The samples table, with a `part` column naming the file each row came from (batches follow parts, so
+    grading that starts while generation still writes plans the same batches as grading afterwards)."""
+    tables = []
+    for part, table in read_parts(storage, path):
+        require_columns(table, ["run_id", "question_id", "sample_idx", "response"], file=f"{path}/{part}")
+        table = table.select([c for c in schemas.SAMPLES.names if c in table.column_names])
+        tables.append(table.append_column("part", pa.array([part] * table.num_rows, pa.string())))
+    return pa.concat_tables(tables, promote_options="default")
