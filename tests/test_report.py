@@ -138,6 +138,7 @@ def test_markdown_tables_have_the_papers_rows(report):
     assert "| Data | LCB pass@1 | Easy | Medium | Hard | Completion | Think tag |" in t1
     t2 = _section(md, "## Table 2")
     assert "trained from the instruct model" in t2 and "trained from the 30k checkpoint" in t2
+    assert "| grader errors |" in _section(md, "## Data integrity")
     assert _first_cells(t2) == ["Subset", "correct 6K", "incorrect 6K", "Subset", "easy 4K", "hard 4K"]
     epochs = _section(md, "## Across training")
     assert [c for c in _first_cells(epochs) if c != "Model"] == ["Qwen2.5-7B-Instruct", "Qwen2.5-7B-Instruct"]

@@ -209,9 +209,14 @@ class StudyExecutor:
 
 
 def critical_path_s(graph: StudyGraph, intervals: Mapping[str, tuple[float, float]]) -> float:
-    """The longest chain of recorded node durations through the graph: the wall time no schedule can beat."""
-    longest: dict[str, float] = {}
+    """The wall time no schedule can beat with these recorded node durations and unlimited resources: each node
+    starts when its inputs have ended (or, for an input it follows, started), and a follower cannot end before
+    the node it follows."""
+    start: dict[str, float] = {}
+    end: dict[str, float] = {}
     for node in graph.nodes:
-        start, end = intervals.get(node.id, (0.0, 0.0))
-        longest[node.id] = (end - start) + max((longest[d] for d in node.deps), default=0.0)
-    return max(longest.values(), default=0.0)
+        t0, t1 = intervals.get(node.id, (0.0, 0.0))
+        follows = set(node.params.get("follows", ()))
+        start[node.id] = max((start[d] if d in follows else end[d] for d in node.deps), default=0.0)
+        end[node.id] = max([start[node.id] + (t1 - t0)] + [end[d] for d in follows])
+    return max(end.values(), default=0.0)

@@ -15,7 +15,8 @@ from valley.report.agreement import Agreement
 from valley.report.config import CORE_METRICS, ReportConfig
 from valley.storage import Storage
 
-INTEGRITY = ("n_problems", "n_samples", "n_ungraded", "n_orphan_verdicts", "n_samples_without_problem")
+INTEGRITY = ("n_problems", "n_samples", "n_ungraded", "n_orphan_verdicts", "n_samples_without_problem",
+             "n_grader_error")
 
 
 def render_markdown(cfg: ReportConfig, results: pl.DataFrame, fits: list[dict], plot_files: list[str]) -> str:
@@ -54,9 +55,11 @@ def render_markdown(cfg: ReportConfig, results: pl.DataFrame, fits: list[dict], 
                   *[f"![{f}]({f})" for f in plot_files if f.startswith("epochs")]]
     parts += [
         "## Data integrity",
-        tables._md(["Run", "problems", "samples", "ungraded", "orphan verdicts", "without problem"], count_rows),
+        tables._md(["Run", "problems", "samples", "ungraded", "orphan verdicts", "without problem", "grader errors"],
+                   count_rows),
         "Ungraded samples count as failures; their keys, those of orphan verdicts and of samples whose problem "
-        "is unknown are in `unmatched.parquet`.",
+        "is unknown are in `unmatched.parquet`. Grader errors (the sandbox could not run a sample, even when "
+        "retried) are left out of every rate: they are no evidence about the model.",
     ]
     return "\n\n".join(parts) + "\n"
 
