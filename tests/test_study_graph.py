@@ -249,3 +249,38 @@ def test_a_follower_of_a_failed_generation_is_skipped():
     outcome = StudyExecutor(_following_graph(), run, {}).run()
     assert outcome.states == {"generate:g": "failed", "grade:g": "skipped", "report": "skipped"}
     assert seen and seen[0] < 3  # it had graded parts before the failure
+
+
+def test_partial_report_covers_the_finished_evaluations(tmp_path):
+    """`valley report --partial` from a study's records: only the run whose grading finished is reported."""
+    import pyarrow as pa
+
+    from valley import schemas
+    from valley.experiment.command import partial_report
+    from valley.experiment.plan import EvalRun
+    from valley.experiment.spec import ExperimentSpec
+    from valley.storage import Storage
+
+    storage = Storage(str(tmp_path))
+    problems = pa.table({"question_id": ["q0", "q1"], "question_content": ["a", "b"], "tests": ["[]", "[]"]})
+    storage.write_parquet(problems, "in", "problems.parquet", schema=schemas.PROBLEMS)
+    samples = [{"run_id": "s-base", "question_id": q, "sample_idx": 0, "response": "```python\nprint(1)\n```",
+                "n_tokens": 10, "finish_reason": "stop"} for q in ("q0", "q1")]
+    storage.write_parquet(pa.Table.from_pylist(samples), "in", "samples", "part-0.parquet", schema=schemas.SAMPLES)
+    verdicts = [{"run_id": "s-base", "question_id": "q0", "sample_idx": 0, "verdict": "pass"},
+                {"run_id": "s-base", "question_id": "q1", "sample_idx": 0, "verdict": "wrong_answer"}]
+    storage.write_parquet(pa.Table.from_pylist(verdicts), "in", "verdicts.parquet", schema=schemas.VERDICTS)
+    spec = ExperimentSpec.model_validate({
+        "experiment": "toy", "students": [{"name": "s", "model": "/m"}],
+        "study": {"scaling_sizes": [10], "correctness_size": None, "difficulty_size": None, "stage2_from_size": None},
+        "data": {"inputs": ["/t.jsonl"]}, "label": None, "generate": {"problems": ["/p.jsonl"], "max_tokens": 64},
+        "report": {"n_boot": 10, "parallel": False}})
+    graph = plan_study(spec)
+    assert [r.run_id for r in graph.runs] == ["s-base", "s-r10"] and isinstance(graph.runs[0], EvalRun)
+    status = StudyStatus(storage, "toy")
+    status.start(graph, spec.model_dump(mode="json"))
+    tables = {"samples": "in/samples", "verdicts": "in/verdicts.parquet", "problems": "in/problems.parquet"}
+    status.update("grade:s-base", state="done", outputs={"stage_dir": "grade/x", **tables})
+    out = partial_report(storage, None)
+    assert [r["run_id"] for r in out["runs"]] == ["s-base"]
+    assert out["stage_dir"].startswith("report/toy-partial-") and storage.exists(out["report_md"])
