@@ -21,7 +21,8 @@ from typing import Any
 from valley.capacity.assumptions import Assumptions
 from valley.capacity.cluster import GpuNode
 from valley.capacity.memory import GIB, ModelShape, RankMemory, packed_length, rank_memory, resolve_attn
-from valley.experiment.plan import train_fields
+from valley.experiment.plan import StudyGraph, train_config
+from valley.experiment.plan import plan_study as study_graph
 from valley.train.config import TrainConfig
 from valley.train.flops import PEAK_BF16_TFLOPS, train_flops
 
@@ -121,21 +122,17 @@ class TrainRun:
     traces: int
 
 
-def train_runs(spec: Any) -> list[TrainRun]:
+def train_runs(spec: Any, graph: StudyGraph) -> list[TrainRun]:
     """The study's training runs, in the order of its graph (`experiment.plan_study`)."""
-    from valley.experiment.plan import plan_study
-
     students = {s.name: s for s in spec.students}
     return [TrainRun(students[n.student], n.name.removeprefix(f"{spec.experiment}-{n.student}-"),
                      n.params["subset"], n.params["size"])
-            for n in plan_study(spec).nodes if n.kind == "train"]
+            for n in graph.nodes if n.kind == "train"]
 
 
-def eval_runs(spec: Any) -> list[str]:
+def eval_runs(graph: StudyGraph) -> list[str]:
     """Ids of the evaluations that generate (aliases — epoch 0 and the final epoch — reuse another's)."""
-    from valley.experiment.plan import plan_study
-
-    return [r.run_id for r in plan_study(spec).runs if r.alias_of is None]
+    return [r.run_id for r in graph.runs if r.alias_of is None]
 
 
 # ---------------------------------------------------------------- inputs: shapes, tokens, problems
@@ -291,14 +288,15 @@ def plan_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
     """The whole study's plan (pure apart from reading configs, manifests, samples and a corpus sample)."""
     a = assumptions or Assumptions()
     plan = StudyPlan(experiment=spec.experiment, node=asdict(node), assumptions=asdict(a))
-    base_cfg = TrainConfig(data="-", model="-", **train_fields(spec))
+    base_cfg = train_config(spec)
     world = base_cfg.num_workers
     nodes = math.ceil(world / node.gpus_per_node)
     peak = PEAK_BF16_TFLOPS.get(node.gpu_name, PEAK_BF16_TFLOPS["H100"]) * 1e12
     usable = int(node.gpu_mem_gib * GIB * (1 - a.reserve_fraction))
     shapes: dict[str, ModelShape] = {}
     per_trace_cache: dict[str, tuple[float, str]] = {}
-    for run in train_runs(spec):
+    graph = study_graph(spec)
+    for run in train_runs(spec, graph):
         student = run.student
         if student.name not in shapes:
             shapes[student.name], where = model_shape(student)
@@ -344,7 +342,7 @@ def plan_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
     previous = previous_response_tokens(storage_root, spec.experiment)
     expected, length_source = (previous, "previous-run") if previous else (float(budget), "budget")
     plan.notes.append(f"problems per evaluation: {problems} ({problems_source})")
-    for run_id in eval_runs(spec):
+    for run_id in eval_runs(graph):
         tokens = problems * n * expected
         plan.evaluate.append(EvalPlan(run=run_id, problems=problems, samples=problems * n, expected_tokens=expected,
                                       length_source=length_source, tokens=tokens,

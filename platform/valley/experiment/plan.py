@@ -128,10 +128,15 @@ def train_fields(spec: ExperimentSpec) -> dict[str, Any]:
     return fields
 
 
-def train_resources(spec: ExperimentSpec) -> dict[str, float]:
+def train_config(spec: ExperimentSpec) -> Any:
+    """The spec's train section as a TrainConfig (placeholders for what each run sets)."""
     from valley.train.config import TrainConfig
 
-    cfg = TrainConfig(data="-", model="-", **train_fields(spec))
+    return TrainConfig(data="-", model="-", **train_fields(spec))
+
+
+def train_resources(cfg: Any) -> dict[str, float]:
+    """What one training run of `cfg` (a TrainConfig) holds: its workers' CPUs, GPUs and custom resources."""
     per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": 1.0} if cfg.use_gpu else {}), **cfg.resources_per_worker}
     return {k: v * cfg.num_workers for k, v in per_worker.items() if v}
 
@@ -144,20 +149,14 @@ def generate_resources(spec: ExperimentSpec) -> dict[str, float]:
     return {k: v * cfg.pool.replicas for k, v in per_replica.items() if v}
 
 
-def epochs_of(spec: ExperimentSpec) -> int:
-    from valley.train.config import TrainConfig
-
-    return TrainConfig(data="-", model="-", **train_fields(spec)).epochs
-
-
 def _subset_dicts(names_sizes: Iterable[tuple[str, str, int]], sources: list[str] | None) -> list[dict[str, Any]]:
     return [{"name": name, "kind": kind, "size": size, "sources": sources} for name, kind, size in names_sizes]
 
 
 def _student_nodes(spec: ExperimentSpec, student: StudentSpec) -> tuple[list[Node], list[EvalRun]]:
     study, exp, s = spec.study, spec.experiment, student.name
-    train_res, gen_res = train_resources(spec), generate_resources(spec)
-    epochs = epochs_of(spec)
+    train_cfg = train_config(spec)
+    train_res, gen_res, epochs = train_resources(train_cfg), generate_resources(spec), train_cfg.epochs
     nodes: list[Node] = []
     runs: list[EvalRun] = []
 

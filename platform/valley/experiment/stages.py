@@ -157,8 +157,9 @@ def report_max_tokens(spec: ExperimentSpec) -> int:
 
 
 def graded_outputs(graph: StudyGraph, outputs: Mapping[str, Outputs]) -> dict[str, Outputs]:
-    return {graph.node(nid).params["run_id"]: out for nid, out in outputs.items()
-            if nid in graph.by_id() and graph.node(nid).kind == "grade"}
+    nodes = graph.by_id()
+    return {nodes[nid].params["run_id"]: out for nid, out in outputs.items()
+            if nid in nodes and nodes[nid].kind == "grade"}
 
 
 def run_report(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, outputs: Mapping[str, Outputs],
