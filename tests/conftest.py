@@ -10,6 +10,7 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VALLEY_RAW_STDERR", "1")  # the CLI leaves fd 2 alone under pytest (capfd owns it); tested on its own
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -47,10 +47,15 @@ def test_spec_rejects_fields_the_runner_owns(tmp_path):
         load_spec(path)
 
 
-def test_demo_spec_is_valid():
+def test_demo_specs_are_valid():
+    """demo.yaml is RQ1 alone (the 15-minute demo); demo-full.yaml the whole study on the same settings."""
     spec = load_spec(REPO / "jobs" / "configs" / "demo.yaml")
-    assert spec.study.stage2_from_size in spec.study.scaling_sizes
-    assert spec.study.per_epoch_eval == ["random"]
+    full = load_spec(REPO / "jobs" / "configs" / "demo-full.yaml")
+    assert spec.study.stage2_from_size is None and spec.study.per_epoch_eval == []
+    assert spec.study.correctness_size is None and spec.study.difficulty_size is None
+    assert full.study.stage2_from_size in full.study.scaling_sizes and full.study.per_epoch_eval == ["random"]
+    assert set(spec.study.scaling_sizes) < set(full.study.scaling_sizes)
+    assert spec.train == full.train and spec.generate == full.generate and spec.data == full.data
 
 
 def test_paper_spec_is_the_papers_study():

@@ -135,6 +135,7 @@ def test_readme_job_commands_with_token_auth(tmp_path):
     shutil.copytree(REPO / "jobs", clone / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / ".gitignore", clone / ".gitignore")
     write_demo(clone / "demo-data", n_traces=120, n_problems=6)
+    shutil.copytree(clone / "demo-data" / "model", clone / "demo-data" / "student")  # untrained stand-in
 
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))

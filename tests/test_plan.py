@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from valley.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = str(ROOT / "jobs" / "configs" / "paper.yaml")
-DEMO = str(ROOT / "jobs" / "configs" / "demo.yaml")
+DEMO = str(ROOT / "jobs" / "configs" / "demo-full.yaml")
 H100 = GpuNode("test", 8, "H100", 79.6)
 
 
@@ -133,14 +134,15 @@ def test_demo_plan_reads_the_corpus_then_the_manifests(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     write_demo("demo-data", n_traces=200, n_problems=6)
+    shutil.copytree("demo-data/model", "demo-data/student")  # the instruct stage's export, untrained here
     plan = plan_spec_file(DEMO, node=H100, assumptions=Assumptions(), storage_root=str(tmp_path / "runs"))
-    assert len(plan.train) == 3 + 4 * 2 and all(t.tokens_source == "corpus-sample" for t in plan.train)
+    assert len(plan.train) == 4 + 4 * 2 and all(t.tokens_source == "corpus-sample" for t in plan.train)
     r100 = next(t for t in plan.train if t.subset == "r100")
     assert 50 * 100 < r100.tokens_per_epoch < 2000 * 100
     assert plan.evaluate[0].problems == 6 and plan.all_fit
-    assert sum(e.run.endswith("-e1") for e in plan.evaluate) == 3  # per_epoch_eval: [random], 2 epochs
+    assert sum(e.run.endswith("-e1") for e in plan.evaluate) == 4  # per_epoch_eval: [random], 2 epochs
 
-    data_dir = tmp_path / "runs" / "data" / "valley-demo-tiny-qwen2-0123"
+    data_dir = tmp_path / "runs" / "data" / "valley-demo-full-tiny-qwen2-0123"
     data_dir.mkdir(parents=True)
     (data_dir / "manifest.json").write_text(json.dumps({"subsets": {"r100": {
         "rows": 100, "docs": 100, "sequences": 40, "tokens": 40000, "loss_tokens": 30000, "pack_efficiency": 0.98}}}))

@@ -73,11 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_decontam_parser(sub, _add_common)
     add_status_parser(sub, lambda q: q.add_argument("--storage", default=DEFAULT_STORAGE,
                                                     help="storage root holding the study"))
-    p = sub.add_parser("demo", help="write the synthetic demo corpus and problems (offline)")
+    p = sub.add_parser("demo", help="write the synthetic demo corpus and problems and train the demo's base "
+                       "student (offline, on the embedded local Ray)")
     p.add_argument("--out", default="demo-data", help="directory for the demo files")
     p.add_argument("--n-traces", type=int, default=2000)
     p.add_argument("--n-problems", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-instruct", action="store_true",
+                   help="write the files and the random model only; skip the instruct stage (no student/)")
+    p.add_argument("--instruct-rows", type=int, default=None, help="direct answers the instruct stage trains on")
+    p.add_argument("--instruct-epochs", type=int, default=None)
     return parser
 
 
@@ -105,9 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from valley.demo import write_demo
+            from valley import stderr_filter
+            from valley.demo import InstructSettings, write_demo
 
-            paths = write_demo(args.out, n_traces=args.n_traces, n_problems=args.n_problems, seed=args.seed)
+            stderr_filter.install()
+
+            chosen = {"rows": args.instruct_rows, "epochs": args.instruct_epochs, "seed": args.seed}
+            instruct = None if args.no_instruct else InstructSettings(
+                **{k: v for k, v in chosen.items() if v is not None})
+            paths = write_demo(args.out, n_traces=args.n_traces, n_problems=args.n_problems, seed=args.seed,
+                               instruct=instruct)
             _print_result(paths)
             return 0
         if args.command == "plan":
@@ -137,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 3
             if args.dry_run:
                 return 0
-        from valley import runtime
+        from valley import runtime, stderr_filter
 
+        stderr_filter.install()  # before Ray starts: its C++ logger writes to fd 2 directly
         runtime.init(args.ray_address, num_cpus=args.num_cpus, quiet=not args.verbose)
         if args.command == "run":
             from valley.experiment import run_experiment_file
@@ -158,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         from valley.storage import Storage
 
         _print_result(located(result, Storage(args.storage)))  # results hold root-relative paths: show URIs
+        if args.command == "run":
+            from valley.report.summary import print_summary
+
+            print_summary(result.results, {"report": result.report_md, "plots": result.plots})
         return 0
     except ValleyError as exc:
         print(f"valley: error: {exc}", file=sys.stderr)

@@ -62,6 +62,9 @@ class TrainConfig(StageConfig):
     num_workers: int = Field(default=8, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    # CPU training: torch threads per worker. None: what Ray gives (cpus_per_worker); more helps when a
+    # worker holds a CPU less than it may use because Ray Data's readers need one beside it (small nodes).
+    torch_threads: int | None = Field(default=None, gt=0)
     resources_per_worker: dict[str, float] = Field(default_factory=dict)  # extra, e.g. {"accelerator_type:H100": 0.01}
     checkpoint_every_steps: int = Field(default=200, gt=0)
     checkpoints_to_keep: int = Field(default=2, gt=0)
@@ -83,7 +86,7 @@ class TrainConfig(StageConfig):
                                  validation_alias=AliasChoices("fault_stall_s", "debug_stall_s"))
 
     hash_exclude: ClassVar[frozenset[str]] = frozenset(
-        {"name", "cpus_per_worker", "resources_per_worker", "checkpoints_to_keep", "max_failures",
+        {"name", "cpus_per_worker", "torch_threads", "resources_per_worker", "checkpoints_to_keep", "max_failures",
          "log_every_steps", "peak_tflops", "fault_kill_at_step", "stall_timeout_s", "fault_stall_phase",
          "fault_stall_s"}
     )

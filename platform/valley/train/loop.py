@@ -246,6 +246,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     if cfg.use_gpu:
         torch.cuda.set_device(device)
+    elif cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
     hb.beat("model_fetch", plan.model_uri)
     spec = EngineSpec(
         model_dir=local_dir(Storage(plan.model_uri), ""),
