@@ -150,3 +150,19 @@ def test_demo_plan_reads_the_corpus_then_the_manifests(tmp_path, monkeypatch):
     plan = plan_spec_file(DEMO, node=H100, storage_root=str(tmp_path / "runs"))
     r100 = next(t for t in plan.train if t.subset == "r100")
     assert (r100.tokens_per_epoch, r100.tokens_source) == (40000, "manifest")
+
+
+def test_gathered_parameters_follow_the_reuse_distance():
+    """ZeRO-3 keeps a module's parameters gathered when they recur within stage3_max_reuse_distance
+    elements: a model smaller than that stays gathered through the backward; a 7B's layers do not."""
+    from valley.capacity.memory import fetch_trace, gathered_peak
+
+    small = ModelShape.from_config(KNOWN_SHAPES["qwen2.5-0.5b"])
+    trace = fetch_trace(small, 1, True, 0)
+    assert gathered_peak(trace, 10 ** 10, 0, 10 ** 10) == small.total_params  # tied head: counted once
+    assert gathered_peak(trace, 0, 0, 10 ** 10) == small.embedding_params  # only the module in use
+    # the prefetcher holds what it walks past: a short reuse distance still keeps a small model gathered
+    assert gathered_peak(trace, 10 ** 6, 5 * 10 ** 7, 10 ** 10) == small.total_params
+    big = ModelShape.from_config(KNOWN_SHAPES["qwen2.5-7b"])
+    peak = gathered_peak(fetch_trace(big, 8, True, 10 ** 6), 10 ** 9, 5 * 10 ** 8, 10 ** 9)
+    assert big.embedding_params < peak < 0.25 * big.total_params  # the head and a few layers, not the model

@@ -30,14 +30,14 @@ def _graph(name: str) -> StudyGraph:
 
 def test_demo_graph_nodes_and_edges():
     g = _graph("demo-full")
-    # 4 RQ1 runs, 2 RQ2 + 2 RQ3 subsets each from base and from r1600; evaluations: base, 12 trained models and
+    # 4 RQ1 runs, 2 RQ2 + 2 RQ3 subsets each from base and from r1200; evaluations: base, 12 trained models and
     # epoch 1 of each RQ1 run (epochs 0 and 2 are the base and final evaluations, reused)
     assert {k: g.count(k) for k in ("data", "label", "train", "generate", "grade", "report")} == {
         "data": 2, "label": 1, "train": 12, "generate": 17, "grade": 17, "report": 1}
     nodes = g.by_id()
     s = "tiny-qwen2"
-    assert nodes[f"train:{s}-correct-from-r1600"].deps == (f"data:{s}-labelled", f"train:{s}-r1600")
-    assert nodes[f"train:{s}-easy-from-r1600"].deps == (f"data:{s}", f"train:{s}-r1600")
+    assert nodes[f"train:{s}-correct-from-r1200"].deps == (f"data:{s}-labelled", f"train:{s}-r1200")
+    assert nodes[f"train:{s}-easy-from-r1200"].deps == (f"data:{s}", f"train:{s}-r1200")
     assert nodes[f"train:{s}-correct-from-base"].deps == (f"data:{s}-labelled",)
     assert nodes[f"data:{s}-labelled"].deps == (f"label:{s}",)
     assert nodes[f"generate:{s}-r100-e1"].deps == (f"train:{s}-r100",)
@@ -48,13 +48,13 @@ def test_demo_graph_nodes_and_edges():
     # stage-2 runs hang off the 30K-like run only; the RQ1 runs do not wait for each other
     assert g.descendants(f"train:{s}-r400") == [f"generate:{s}-r400", f"grade:{s}-r400", f"generate:{s}-r400-e1",
                                                 f"grade:{s}-r400-e1", "report"]
-    assert sum(1 for d in g.descendants(f"train:{s}-r1600") if d.startswith("train:")) == 4
+    assert sum(1 for d in g.descendants(f"train:{s}-r1200") if d.startswith("train:")) == 4
     # output directory names are the sequential runner's, so studies made before the graph are found again
     assert nodes[f"train:{s}-r100"].name == "valley-demo-full-tiny-qwen2-r100"
     assert nodes[f"grade:{s}-r100-e1"].name == "valley-demo-full-tiny-qwen2-r100-e1"
     aliases = {r.run_id: r.alias_of for r in g.runs if r.alias_of}
     assert aliases == {f"{s}-r{n}-e{e}": (f"{s}-base" if e == 0 else f"{s}-r{n}")
-                       for n in (100, 400, 1600, 2800) for e in (0, 2)}
+                       for n in (100, 400, 1200, 2800) for e in (0, 2)}
 
 
 def test_paper_graph_nodes_and_edges():

@@ -91,7 +91,8 @@ def test_demo_training_run_writes_tensorboard_events(ray_local, tmp_path):
     vocab = AutoConfig.from_pretrained(str(model)).vocab_size
     data = write_data(storage, synthetic_rows(16, 256, vocab, seed=0), tok, 256)
     cfg = TrainConfig(name="tb", data=data, model=str(model), num_workers=2, global_batch_size=4, epochs=1,
-                      max_seq_len=256, cpus_per_worker=0.5, checkpoint_every_steps=1000, learning_rate=1e-3)
+                      max_seq_len=256, cpus_per_worker=0.5, checkpoint_every_steps=1000, learning_rate=1e-3,
+                      report_every_steps=1)
     result = run_train(cfg, storage)
     history = [json.loads(x) for x in storage.read_text(result.metrics_path).splitlines()]
     scalars = read_scalars(Path(storage.path(result.stage_dir, "tensorboard")))

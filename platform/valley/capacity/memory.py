@@ -71,6 +71,20 @@ class ModelShape:
         head = 0 if self.tied else self.embedding_params
         return self.embedding_params + self.layers * self.layer_params + self.hidden + head
 
+    def layer_tensors(self) -> list[int]:
+        """Element counts of one decoder layer's parameter tensors: what ZeRO-3's persistence threshold
+        compares against, one tensor at a time."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        return [h * q, h * kv, h * kv, q * h, h * i, h * i, i * h, h, h] + ([q, kv, kv] if self.qkv_bias else [])
+
+    def persistent_params(self, threshold: int) -> int:
+        """Elements in tensors of at most `threshold` elements, which ZeRO-3 keeps whole on every rank
+        (`stage3_param_persistence_threshold`; partition_parameters.py marks them `ds_persist`)."""
+        own = sum(n for n in self.layer_tensors() if n <= threshold) * self.layers
+        heads = 1 if self.tied else 2
+        return own + (self.hidden if self.hidden <= threshold else 0) + (
+            heads * self.embedding_params if self.embedding_params <= threshold else 0)
+
     @property
     def largest_layer_params(self) -> int:
         """Largest single module's own parameters, as DeepSpeed's `model_to_params` counts: the embedding
@@ -84,15 +98,18 @@ class RankMemory:
 
     params: int
     grads: int
-    optimizer: int  # fp32 master weights + Adam moments
+    optimizer: int  # Adam moments + fp32 master weights (when they are not the parameters themselves)
     gathered_layer: int  # DeepSpeed's "largest layer" term: one whole layer's parameters and gradient
-    zero_buffers: int  # reduce bucket + prefetched parameters
+    zero_buffers: int  # the reduce bucket
+    retained_params: int  # full parameters gathered beside the layer in use: reused, prefetched, persistent
     activations: int  # checkpointed layer inputs + one layer recomputed with its gradients
     attention_mask: int  # the O(L²) block-diagonal mask of the SDPA/eager path, or FlexAttention's block mask
     attention_scores: int  # eager attention's score matrices (one layer at a time with checkpointing)
     loss: int  # the chunked loss's peak: one chunk's logits, their fp32 log-softmax and gradient
     optimizer_step: int  # temporaries of the optimizer step (after the backward, so never beside activations)
     host_offloaded: int  # states moved to host memory by offload_optimizer / offload_params
+    heap_slack: int  # CPU only: glibc heap pages the checkpoint load left resident (see `heap_slack_bytes`)
+    activation_heap_slack: int  # CPU only: the backward's freed activations, still resident during the step
     deepspeed_estimate: int | None  # DeepSpeed's own model-state figure, when it applies (bf16 ZeRO-3)
 
     @property
@@ -102,25 +119,34 @@ class RankMemory:
     @property
     def persistent(self) -> int:
         """Held for the whole run: sharded parameters, gradients, optimizer states, ZeRO's buffers (with
-        DeepSpeed's own figure for the states where it applies, less its gathered-layer term)."""
+        DeepSpeed's own figure for the states where it applies, less its gathered-layer term), and on CPU
+        the heap the model load left behind."""
         states = (self.deepspeed_estimate - self.gathered_layer if self.deepspeed_estimate is not None
                   else self.params + self.grads + self.optimizer)
-        return states + self.zero_buffers
+        return states + self.zero_buffers + self.heap_slack
 
     @property
     def forward_backward(self) -> int:
         """What lives only during forward and backward, on top of the persistent part."""
-        return self.gathered_layer + self.activations + self.attention_mask + self.attention_scores + self.loss
+        return (self.gathered_layer + self.retained_params + self.activations + self.attention_mask
+                + self.attention_scores + self.loss)
 
     @property
     def total(self) -> int:
         """Peak: the persistent part plus the larger of the two transient phases (forward/backward, then
         the optimizer step)."""
-        return self.persistent + max(self.forward_backward, self.optimizer_step)
+        return self.persistent + max(self.forward_backward, self.optimizer_phase)
+
+    @property
+    def optimizer_phase(self) -> int:
+        """What the optimizer step adds to the persistent part: its temporaries, and on CPU the heap pages
+        the forward/backward's activations left (glibc does not hand them back before the step)."""
+        return self.optimizer_step + self.activation_heap_slack
 
     def as_dict(self) -> dict[str, int | None]:
         return {**asdict(self), "model_states": self.model_states, "persistent": self.persistent,
-                "forward_backward": self.forward_backward, "total": self.total}
+                "forward_backward": self.forward_backward, "optimizer_phase": self.optimizer_phase,
+                "total": self.total}
 
 
 def _bytes(dtype: str) -> int:
@@ -151,6 +177,110 @@ def deepspeed_estimate(shape: ModelShape, world_size: int, gpus_per_node: int, o
         num_nodes=math.ceil(world_size / per_node), cpu_offload=offload_optimizer,
         cpu_offload_params=offload_params, zero_init=True)
     return int(gpu_mem)
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One ZeRO-3 fetch of a module's parameters: its name, all its elements (what the reuse distance
+    counts) and those that are gathered for it (the non-persistent ones)."""
+
+    module: str
+    numel: int
+    gathered: int
+
+
+def fetch_trace(shape: ModelShape, n_chunks: int, checkpointing: bool, persistence_threshold: int) -> list[Fetch]:
+    """The order in which ZeRO-3 fetches parameters in one forward+backward (a decoder layer as one module):
+    the embedding, the layers, the norm, the LM head once per loss chunk; then the backward: each chunk's
+    head recomputed (chunked_loss.py checkpoints it) and differentiated, the norm, each layer recomputed
+    (with checkpointing) and differentiated, the embedding. A tied head is the embedding's weight."""
+    big = [n for n in shape.layer_tensors() if n > persistence_threshold]
+    vocab = shape.embedding_params if shape.embedding_params > persistence_threshold else 0
+    emb = Fetch("embed", shape.embedding_params, vocab)
+    head = emb if shape.tied else Fetch("head", shape.embedding_params, vocab)
+    norm = Fetch("norm", shape.hidden, shape.hidden if shape.hidden > persistence_threshold else 0)
+    layers = [Fetch(f"layer{k}", shape.layer_params, sum(big)) for k in range(shape.layers)]
+    backward = [x for layer in reversed(layers) for x in ([layer, layer] if checkpointing else [layer])]
+    return [emb, *layers, norm, *[head] * n_chunks, *[head, head] * n_chunks, norm, *backward, emb]
+
+
+def _kept_until_next_use(trace: list[Fetch], reuse_distance: int) -> list[bool]:
+    """Whether the parameters fetched at each point stay gathered until their next use: ZeRO-3 releases
+    a module's parameters after use unless they recur within `stage3_max_reuse_distance` elements
+    (partitioned_param_coordinator.py, `__params_to_release`)."""
+    kept = [False] * len(trace)
+    for i, fetch in enumerate(trace):
+        between = 0
+        for later in trace[i + 1:]:
+            if later.module == fetch.module:
+                kept[i] = True
+                break
+            between += later.numel
+            if between >= reuse_distance:
+                break
+    return kept
+
+
+def gathered_peak(trace: list[Fetch], reuse_distance: int, prefetch: int, max_live: int) -> int:
+    """Most elements gathered at once in steady state: the module in use, modules kept for reuse or held
+    by the prefetcher, and those prefetched ahead of use."""
+    kept = _kept_until_next_use(trace, reuse_distance)
+    live: dict[str, int] = {}
+    hold_until: dict[str, int] = {}
+    cursor, peak = 0, 0
+    for i, fetch in enumerate(trace):
+        live[fetch.module] = fetch.gathered
+        budget = min(prefetch, max(0, max_live - sum(live.values())))
+        cursor = _prefetch(trace, max(cursor, i + 1), budget, live, hold_until)
+        peak = max(peak, sum(live.values()))
+        if not kept[i] and hold_until.get(fetch.module, -1) <= i:
+            live.pop(fetch.module)
+    return peak
+
+
+def _prefetch(trace: list[Fetch], start: int, budget: int, live: dict[str, int], hold_until: dict[str, int]) -> int:
+    """ZeRO-3's prefetcher walks the trace once per step from where it stopped, gathering modules not yet
+    gathered until `budget` elements are in flight; a gathered module it walks past stays gathered until
+    that use (partitioned_param_coordinator.py, `__most_recent_step_id_param_fetched_for`). Returns where
+    the walk stopped."""
+    fetched, j = 0, start
+    while budget > 0 and fetched < budget and j < len(trace):
+        ahead = trace[j]
+        if ahead.module in live:
+            hold_until[ahead.module] = max(hold_until.get(ahead.module, -1), j)
+        else:
+            live[ahead.module] = ahead.gathered
+            fetched += ahead.gathered
+        j += 1
+    return j
+
+
+def retained_params_bytes(shape: ModelShape, cfg: TrainConfig, zero: dict[str, Any], p_bytes: int,
+                          tokens: int) -> int:
+    """Full parameters ZeRO-3 holds beside the largest module (which `gathered_layer` counts): modules kept
+    for reuse or prefetched at the busiest point of the trace, and the persistent small tensors."""
+    threshold = int(zero.get("stage3_param_persistence_threshold", 1e5))
+    n_chunks = max(1, math.ceil(tokens / cfg.loss_chunk_tokens))
+    trace = fetch_trace(shape, n_chunks, cfg.gradient_checkpointing, threshold)
+    peak = gathered_peak(trace, int(zero.get("stage3_max_reuse_distance", 1e9)),
+                         int(zero.get("stage3_prefetch_bucket_size", 5e7)), int(zero.get("stage3_max_live_parameters", 1e9)))
+    return (max(0, peak - shape.largest_layer_params) + shape.persistent_params(threshold)) * p_bytes
+
+
+# glibc's malloc serves an allocation from the heap below its mmap threshold, which rises with use up to
+# DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit); heap pages stay resident after free, mmapped ones do not
+GLIBC_MMAP_CEILING = 32 * 1024 ** 2
+
+
+def heap_slack_bytes(shape: ModelShape, p_bytes: int) -> int:
+    """Host memory the checkpoint load leaves resident in glibc's heap (CPU only): each parameter tensor
+    under the mmap ceiling passes through the heap whole twice — built whole inside `zero.Init` before it
+    is partitioned, then gathered whole again for the checkpoint to be copied in — and the freed pages are
+    kept for the rest of the run. On GPU those tensors live in PyTorch's caching allocator, which hands
+    freed blocks to later allocations (and empties its cache before failing one), so no term."""
+    tensors = shape.layer_tensors() * shape.layers + [shape.hidden] + [shape.embedding_params] * (
+        1 if shape.tied else 2)
+    return 2 * sum(n * p_bytes for n in tensors if n * p_bytes < GLIBC_MMAP_CEILING)
 
 
 def activation_bytes(shape: ModelShape, tokens: int, act_bytes: int, checkpointing: bool) -> int:
@@ -229,7 +359,10 @@ def rank_memory(shape: ModelShape, cfg: TrainConfig, world_size: int | None = No
 
     params = per_rank(p_bytes, parts["params"])
     grads = per_rank(g_bytes, parts["grads"])
-    optimizer = per_rank(12, parts["optimizer"])  # fp32 master copy + Adam's two moments
+    # fp32 master copy + Adam's two moments. Also in fp32 training: stage3.py's `_create_fp32_partitions`
+    # would reuse the parameter partition only where `tensor.device == self.device`, a torch.device against
+    # the accelerator's device *name* (a str: "cpu", "cuda:0"), which torch compares unequal, so it copies
+    optimizer = per_rank(12, parts["optimizer"])
     offloaded = 0
     if cfg.offload_optimizer:
         offloaded += grads + optimizer
@@ -241,12 +374,9 @@ def rank_memory(shape: ModelShape, cfg: TrainConfig, world_size: int | None = No
     # gradient; in fp32 training both are 4 bytes
     gathered = 2 * p_bytes * shape.largest_layer_params if stage == 3 else 0
     bucket = int(zero.get("reduce_bucket_size", 5e8)) if stage >= 2 else 0
-    prefetch = int(zero.get("stage3_prefetch_bucket_size", 5e8)) if stage == 3 else 0
     if device == "cpu":
-        bucket, prefetch = min(bucket, total), min(prefetch, total)
-    zero_buffers = bucket * p_bytes + prefetch * p_bytes
-    if cfg.offload_params and stage == 3:
-        zero_buffers = bucket * p_bytes  # prefetched parameters stream from the host one layer at a time
+        bucket = min(bucket, total)
+    zero_buffers = bucket * p_bytes  # prefetched parameters are gathered parameters: `retained_params`
     # ZeRO-3's step flattens the rank's gradient partition into one fp32 tensor for the optimizer (4 bytes per
     # parameter of the partition), and torch's AdamW (the loop's optimizer unless offloading) allocates
     # sqrt(v): one more partition-sized tensor with CUDA's foreach kernels, two on CPU's per-tensor path
@@ -258,9 +388,12 @@ def rank_memory(shape: ModelShape, cfg: TrainConfig, world_size: int | None = No
     ds = None
     if stage == 3 and p_bytes == 2 and device != "cpu":
         ds = deepspeed_estimate(shape, world, gpus_per_node, cfg.offload_optimizer, cfg.offload_params)
+    retained = retained_params_bytes(shape, cfg, zero, p_bytes, tokens) if stage == 3 else 0
+    activations = activation_bytes(shape, tokens, p_bytes, cfg.gradient_checkpointing)
     return RankMemory(
         params=params, grads=grads, optimizer=optimizer, gathered_layer=gathered, zero_buffers=zero_buffers,
-        activations=activation_bytes(shape, tokens, p_bytes, cfg.gradient_checkpointing),
+        retained_params=retained, heap_slack=heap_slack_bytes(shape, p_bytes) if device == "cpu" else 0,
+        activations=activations, activation_heap_slack=activations if device == "cpu" else 0,
         attention_mask=mask_bytes(impl, cfg.micro_batch_size, seq_len, p_bytes),
         attention_scores=scores_bytes(shape, impl, cfg.micro_batch_size, seq_len, p_bytes),
         loss=loss_bytes(shape, tokens, cfg.loss_chunk_tokens, trained_fraction), optimizer_step=step,

@@ -56,7 +56,7 @@ def train_instruct_student(random_model: str | Path, instruct_file: str | Path, 
     runtime.init()
     storage = Storage(str(runs_dir))
     log = Console(stderr=True).log
-    log(f"[demo] instruct stage: {settings.rows} direct answers, {settings.epochs} epochs -> {student}")
+    log(f"demo: instruct stage: {settings.rows} direct answers, {settings.epochs} epochs -> {student}")
     data = run_data(DataConfig(name="demo-instruct", inputs=[str(instruct_file)], tokenizer=str(random_model),
                                system_prompt=LCB_SYSTEM_MESSAGE, max_seq_len=settings.max_seq_len,
                                seed=settings.seed), storage)
@@ -69,7 +69,7 @@ def train_instruct_student(random_model: str | Path, instruct_file: str | Path, 
                                     cpus_per_worker=1.0, torch_threads=min(os.cpu_count() or 1, 8),
                                     checkpoint_every_steps=10_000, seed=settings.seed),
                         storage)
-    log(f"[demo] instruct stage: {trained.steps} steps, final loss {trained.final_loss}")
+    log(f"demo: instruct stage: {trained.steps} steps, final loss {trained.final_loss}")
     tmp = student.with_name(f".{student.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(storage.uri(trained.model_dir), tmp)

@@ -310,7 +310,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     _write_history(storage, plan.out_dir, history)
                 _maybe_kill(cfg, step, rank, world, plan)
                 export_epoch_if_due()
-            elif step % cfg.log_every_steps == 0:
+            elif step % cfg.report_every_steps == 0:
                 ray.train.report(metrics)
             if i + 1 >= steps_per_epoch or step >= total_steps:
                 break
