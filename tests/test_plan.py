@@ -166,3 +166,19 @@ def test_gathered_parameters_follow_the_reuse_distance():
     big = ModelShape.from_config(KNOWN_SHAPES["qwen2.5-7b"])
     peak = gathered_peak(fetch_trace(big, 8, True, 10 ** 6), 10 ** 9, 5 * 10 ** 8, 10 ** 9)
     assert big.embedding_params < peak < 0.25 * big.total_params  # the head and a few layers, not the model
+
+
+def test_host_heap_slack_is_counted_on_cpu_only():
+    """glibc keeps freed heap pages (tensors under its 32 MiB mmap ceiling): the checkpoint load's on CPU
+    for the whole run, the backward's activations during the step; the GPU plan has neither term."""
+    from valley.capacity.memory import heap_slack_bytes
+
+    shape = ModelShape.from_config(KNOWN_SHAPES["qwen2.5-0.5b"])
+    cpu = rank_memory(shape, TrainConfig(data="-", model="-", num_workers=2, global_batch_size=2, max_seq_len=1024),
+                      2, device="cpu")
+    # every layer tensor and the final norm are under 32 MiB in fp32; the 544 MB embedding is mmapped
+    assert cpu.heap_slack == heap_slack_bytes(shape, 4) == 2 * 4 * (shape.layers * shape.layer_params + shape.hidden)
+    assert cpu.optimizer_phase == cpu.optimizer_step + cpu.activations
+    assert cpu.persistent == cpu.params + cpu.grads + cpu.optimizer + cpu.zero_buffers + cpu.heap_slack
+    gpu = rank_memory(shape, TrainConfig(data="-", model="-", use_gpu=True, num_workers=8), 8)
+    assert gpu.heap_slack == gpu.activation_heap_slack == 0 and gpu.optimizer_phase == gpu.optimizer_step

@@ -6,7 +6,10 @@ is well under half of what a rank holds. The rest depends on this platform's own
 activation checkpointing, the chunked LM-head loss (chunked_loss.py), how packed rows are masked
 (packing_attention.py), the bucket sizes of deepspeed_config.py — so it is counted here, tensor by tensor,
 from the model shape. For bf16 ZeRO-3 the model-state part is DeepSpeed's own figure (`deepspeed_estimate`
-checks it); benchmarks/bench_plan.py checks the whole against a real ZeRO-3 step's peak on CPU.
+checks it); benchmarks/bench_plan.py checks the whole against a real ZeRO-3 step's peak on CPU. Two things
+DeepSpeed's figure leaves out are counted too: the full parameters ZeRO-3 keeps gathered between uses (a
+replay of its fetch trace, `gathered_peak`) and, on CPU only, the glibc heap pages that freed tensors leave
+resident (`heap_slack_bytes`, `activation_heap_slack`).
 """
 
 from __future__ import annotations
@@ -342,7 +345,9 @@ def rank_memory(shape: ModelShape, cfg: TrainConfig, world_size: int | None = No
     """Peak bytes on one rank's device for a run of `cfg` over `world_size` ranks.
 
     `device="cpu"` models DeepSpeed's CPU accelerator, where a buffer counts only once it is touched
-    (host pages are lazy): the reduce bucket then holds at most the model's gradients."""
+    (host pages are lazy): the reduce bucket then holds at most the model's gradients; and where glibc's
+    heap keeps freed pages, from the checkpoint load (`heap_slack`) and the backward's activations
+    (`activation_heap_slack`, during the step). Both are 0 on GPU."""
     world = world_size or cfg.num_workers
     precision = cfg.resolved_precision() if device == "cpu" else (
         "bf16" if cfg.precision == "auto" else cfg.precision)
