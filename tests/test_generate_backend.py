@@ -53,8 +53,8 @@ def test_greedy_is_deterministic(backend):
     assert a[0].text == a[1].text  # seeds do not matter at temperature 0
 
 
-def test_stop_when_an_end_token_is_generated(backend, tiny_model, tmp_path):
-    # Make the token greedy decoding emits first an end-of-sequence id of a copy of the model.
+def _stopping_model(backend, tiny_model: str, tmp_path) -> str:
+    """A copy of the model whose end-of-sequence ids include the token greedy decoding emits first."""
     ids = torch.tensor([backend.tokenizer.encode(PROMPT, add_special_tokens=False)])
     with torch.inference_mode():
         first_id = int(backend.model(input_ids=ids).logits[0, -1].argmax())
@@ -63,9 +63,28 @@ def test_stop_when_an_end_token_is_generated(backend, tiny_model, tmp_path):
     gen_cfg = json.loads((copy / "generation_config.json").read_text())
     gen_cfg["eos_token_id"] = [gen_cfg["eos_token_id"], first_id]
     (copy / "generation_config.json").write_text(json.dumps(gen_cfg))
-    stopping = make_backend("transformers", str(copy), num_threads=1)
+    return str(copy)
+
+
+def test_stop_when_an_end_token_is_generated(backend, tiny_model, tmp_path):
+    stopping = make_backend("transformers", _stopping_model(backend, tiny_model, tmp_path), num_threads=1)
     (c,) = stopping.generate(_requests(1), Sampling(0.0, 1.0, 8))
     assert (c.finish_reason, c.n_tokens) == ("stop", 1)
+
+
+def test_per_request_budgets_and_ignore_eos(backend, tiny_model, tmp_path):
+    """The benchmark's long tails: each request's own max_tokens, and no stop at end of sequence."""
+    stopping = make_backend("transformers", _stopping_model(backend, tiny_model, tmp_path), num_threads=1)
+    requests = [Request("q1", i, PROMPT, sample_seed(0, "q1", i), max_tokens=m) for i, m in enumerate([3, 9, None])]
+    out = stopping.generate(requests, Sampling(0.0, 1.0, 6, ignore_eos=True))
+    assert [(c.n_tokens, c.finish_reason) for c in out] == [(3, "length"), (9, "length"), (6, "length")]
+    assert [c.n_tokens for c in stopping.generate(requests, Sampling(0.0, 1.0, 6))] == [1, 1, 1]  # EOS first
+    # a per-request budget leaves its sample as it was under the shared budget
+    sampling = Sampling(temperature=0.9, top_p=0.9, max_tokens=10)
+    shared = backend.generate(_requests(2), sampling)
+    own = backend.generate([Request(r.question_id, r.sample_idx, r.prompt, r.seed, 10) for r in _requests(2)],
+                           Sampling(0.9, 0.9, 4))
+    assert [c.text for c in own] == [c.text for c in shared]
 
 
 def test_finish_rule():

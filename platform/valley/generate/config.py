@@ -1,8 +1,8 @@
 """Configuration of the generate stage: which problems, which model, how to sample, how to serve.
 
 Everything that can change a generated token is hashed (model, problems, filters, prompt, sampling,
-seed, backend); how the work is spread (replicas, batch size, Ray Data vs Serve, retries, part size)
-is not, so re-running with more replicas reuses finished outputs.
+seed, backend); how the work is spread (replicas, batch size, pool mode, retries, part size and flush
+interval) is not, so re-running with more replicas reuses finished outputs.
 """
 
 from __future__ import annotations
@@ -37,21 +37,36 @@ class ProblemFilter(BaseModel):
 
 
 class PoolConfig(BaseModel):
-    """How generation is spread over Ray: replicas x tensor parallel, Ray Data actors or Ray Serve."""
+    """How generation is spread over Ray: replicas x tensor parallel, fed continuously (stream), by Ray
+    Data batches, by Ray Serve, or in-process."""
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["data", "serve", "local"] = "data"  # local = the backend in this process (no Ray)
-    replicas: int = Field(default=1, ge=1)  # Ray Data actors; Serve: max replicas
+    # stream = each replica's engine fed problem by problem, results per problem (generate/stream_pool.py);
+    # data = Ray Data batches, each replica one batch at a time; serve = a Ray Serve deployment;
+    # local = the backend in this process (no Ray)
+    mode: Literal["stream", "data", "serve", "local"] = "stream"
+    replicas: int = Field(default=1, ge=1)  # stream/data: actors; Serve: max replicas
     min_replicas: int = Field(default=1, ge=0)  # Serve autoscaling floor
     tensor_parallel_size: int = Field(default=1, ge=1)  # GPUs per vLLM engine
-    batch_size: int = Field(default=8, ge=1)  # requests per backend call
+    batch_size: int = Field(default=8, ge=1)  # requests per backend call (stream: per transformers micro-batch)
+    # stream: samples a replica holds at once (whole problems; one larger problem still goes alone).
+    # Default: 256 for vLLM (its default max_num_seqs, so the engine's batch stays full while the driver
+    # refills it), 2 x batch_size for transformers (one micro-batch running, the next one queued).
+    max_in_flight: int | None = Field(default=None, ge=1)
     num_cpus: float = Field(default=1.0, ge=0)  # per replica
     num_gpus: float | None = None  # per replica; default: tensor_parallel_size for vllm, 0 otherwise
-    max_retries: int = Field(default=3, ge=0)  # a failed replica is restarted and its batch re-sent
+    max_retries: int = Field(default=3, ge=0)  # a failed replica is restarted and its batch/problems re-sent
     target_ongoing_requests: float = Field(default=2.0, gt=0)  # Serve autoscaling target per replica
     app_name: str = "valley-generate"  # Serve application name
     keep_serving: bool = False  # Serve: leave the deployment up after the stage (a long-lived pool)
+
+    def in_flight(self, backend: str) -> int:
+        """Samples one stream replica may hold at once (`max_in_flight`, else the backend's default)."""
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        return 256 if backend == "vllm" else 2 * self.batch_size
+
     # Fault injection (the old name crash_once_file still loads): the first replica call that finds this
     # file missing creates it and kills its own process, so tests can show that a failed replica is
     # replaced and its requests retried. `pool` is outside the hash, so this never changes it.
@@ -90,8 +105,12 @@ class GenerateConfig(StageConfig):
     run_id: str | None = None  # samples.run_id; default "<name>-<hash12>"
     pool: PoolConfig = PoolConfig()
     part_size: int = Field(default=256, ge=1)  # samples per Parquet part (parts close on problem boundaries)
+    # a part is also closed once finished problems have waited this long, so a long stage streams its
+    # results to disk (and to a grade node following it) before part_size samples are done
+    part_flush_s: float = Field(default=60.0, gt=0)
 
-    hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "pool", "part_size", "gpu_memory_utilization"})
+    hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "pool", "part_size", "part_flush_s",
+                                                        "gpu_memory_utilization"})
     # added after configs were hashed: None hashes as before the fields existed
     hash_exclude_if_none: ClassVar[frozenset[str]] = frozenset({"rope_scaling", "hf_overrides"})
 

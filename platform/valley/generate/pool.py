@@ -1,5 +1,9 @@
-"""The generation pool: the same backend run as Ray Data actors, a Ray Serve deployment, or in-process.
+"""The generation pool: the same backend fed continuously by Ray actors, run as Ray Data actors, a Ray
+Serve deployment, or in-process.
 
+* "stream" (the default): one Ray actor per replica, fed problem by problem so its engine never idles
+  behind a batch's longest sequence; each problem's samples come back as soon as they are done
+  (`stream_pool.py`, which the benchmark's `--longtail` compares with "data").
 * "data": `map_batches` over a fixed actor pool (one engine per actor, `num_gpus` = tensor parallel
   size for vLLM). Ray Data restarts a dead actor and re-runs its batch (`max_restarts`,
   `max_task_retries`), and streams finished batches back while the rest are still generating.
@@ -8,7 +12,7 @@
   batch that failed (up to `max_retries`).
 * "local": the backend in this process; the baseline the benchmark compares the pool against.
 
-All modes yield lists of `Completion` as batches finish, so the stage can write Parquet parts
+All modes yield lists of `Completion` as batches (stream: problems) finish, so the stage can write Parquet parts
 while generation goes on. Every replica reports to the stage's watchdog board (valley.watchdog) when it
 loads its model and when it starts and finishes a batch, so a stalled pool is named, not waited on.
 """
@@ -16,44 +20,30 @@ loads its model and when it starts and finishes a batch, so a stalled pool is na
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from valley.generate.backends.base import Completion, Request, Sampling
 from valley.generate.backends.factory import make_backend
 from valley.generate.config import GenerateConfig
+from valley.generate.replica import (
+    backend_options,
+    maybe_crash,
+    register,
+    replica_name,
+    sampling_of,
+    worker_args,
+)
 from valley.watchdog import Heartbeat
+
+__all__ = ["GenerateServer", "GenerateWorker", "backend_options", "deploy", "run_pool", "sampling_of",
+           "serve_requests"]
 
 log = logging.getLogger(__name__)
 
-POOL_REQUEST_COLUMNS = ("question_id", "sample_idx", "prompt", "seed")
-
-
-def backend_options(cfg: GenerateConfig) -> dict[str, Any]:
-    """Constructor options of the configured backend (unknown ones are ignored by each backend)."""
-    return {
-        "dtype": cfg.dtype,
-        "num_threads": max(1, int(cfg.pool.num_cpus)) if cfg.pool.num_cpus else None,
-        "tensor_parallel_size": cfg.pool.tensor_parallel_size,
-        "max_model_len": cfg.max_model_len,
-        "gpu_memory_utilization": cfg.gpu_memory_utilization,
-        "hf_overrides": cfg.model_overrides() or None,
-    }
-
-
-def sampling_of(cfg: GenerateConfig) -> Sampling:
-    return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
-
-
-def _maybe_crash(marker: str | None) -> None:
-    """Testing hook (see PoolConfig.fault_crash_once_file): die once, the way a lost node or OOM kill would."""
-    if marker and not Path(marker).exists():
-        Path(marker).write_text(str(os.getpid()))
-        os._exit(1)
+POOL_REQUEST_COLUMNS = ("question_id", "sample_idx", "prompt", "seed", "max_tokens")  # max_tokens 0: the stage's
 
 
 class GenerateWorker:
@@ -61,8 +51,8 @@ class GenerateWorker:
 
     def __init__(self, kind: str, model: str, options: dict[str, Any], sampling: Sampling,
                  fault_crash_once_file: str | None = None, heartbeat_board: Any = None):
-        self.hb = Heartbeat(heartbeat_board, _replica_name())
-        _register(heartbeat_board, self.hb.worker)
+        self.hb = Heartbeat(heartbeat_board, replica_name())
+        register(heartbeat_board, self.hb.worker)
         self.hb.beat("model_load", model)
         self.backend = make_backend(kind, model, **options)
         self.hb.beat("ready")
@@ -73,7 +63,7 @@ class GenerateWorker:
         self._lock = threading.Lock()
 
     def run(self, requests: list[Request]) -> list[Completion]:
-        _maybe_crash(self.fault_crash_once_file)
+        maybe_crash(self.fault_crash_once_file)
         with self._lock:
             self.hb.beat("generate", f"batch of {len(requests)} from {requests[0].question_id if requests else '-'}")
             done = self.backend.generate(requests, self.sampling)
@@ -82,27 +72,9 @@ class GenerateWorker:
 
     # Ray Data entry point: a columnar batch in, a columnar batch out.
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        requests = [Request(str(q), int(i), str(p), int(s))
-                    for q, i, p, s in zip(*(batch[c] for c in POOL_REQUEST_COLUMNS), strict=True)]
+        requests = [Request(str(q), int(i), str(p), int(s), int(m) or None)
+                    for q, i, p, s, m in zip(*(batch[c] for c in POOL_REQUEST_COLUMNS), strict=True)]
         return completions_to_columns(self.run(requests))
-
-
-def _replica_name() -> str:
-    import socket
-
-    return f"replica pid {os.getpid()}@{socket.gethostname()}"
-
-
-def _register(board: Any, name: str) -> None:
-    """An actor replica leaves its handle on the board, so a stalled pool can be killed replica by replica."""
-    if board is None:
-        return
-    try:
-        import ray
-
-        board.register.remote(name, ray.get_runtime_context().current_actor)
-    except Exception:  # noqa: BLE001 - not an actor (local mode) or no Ray: nothing to kill later
-        pass
 
 
 class GenerateServer(GenerateWorker):
@@ -134,25 +106,27 @@ def _chunks(requests: list[Request], size: int) -> Iterator[list[Request]]:
         yield requests[start:start + size]
 
 
-def run_pool(requests: list[Request], cfg: GenerateConfig, board: Any = None) -> Iterator[list[Completion]]:
+def run_pool(requests: list[Request], cfg: GenerateConfig, board: Any = None,
+             sampling: Sampling | None = None) -> Iterator[list[Completion]]:
     """Generate every request with the configured pool; yields batches of completions as they finish.
-    `board`: the stage watchdog's heartbeat board that replicas report progress to (None: no reports)."""
+    `board`: the stage watchdog's heartbeat board that replicas report progress to (None: no reports).
+    `sampling`: instead of the config's (benchmarks: `ignore_eos`); the stage never passes one."""
     if not requests:
         return iter(())
+    if cfg.pool.mode == "stream":
+        from valley.generate.stream_pool import run_stream
+
+        return run_stream(requests, cfg, board, sampling)
     if cfg.pool.mode == "local":
-        return _run_local(requests, cfg, board)
+        return _run_local(requests, cfg, board, sampling)
     if cfg.pool.mode == "data":
-        return _run_data(requests, cfg, board)
-    return _run_serve(requests, cfg, board)
+        return _run_data(requests, cfg, board, sampling)
+    return _run_serve(requests, cfg, board, sampling)
 
 
-def _worker_args(cfg: GenerateConfig, board: Any = None) -> dict[str, Any]:
-    return {"kind": cfg.backend, "model": cfg.model, "options": backend_options(cfg), "sampling": sampling_of(cfg),
-            "fault_crash_once_file": cfg.pool.fault_crash_once_file, "heartbeat_board": board}
-
-
-def _run_local(requests: list[Request], cfg: GenerateConfig, board: Any = None) -> Iterator[list[Completion]]:
-    worker = GenerateWorker(**{**_worker_args(cfg, board), "fault_crash_once_file": None})
+def _run_local(requests: list[Request], cfg: GenerateConfig, board: Any = None,
+               sampling: Sampling | None = None) -> Iterator[list[Completion]]:
+    worker = GenerateWorker(**{**worker_args(cfg, board, sampling), "fault_crash_once_file": None})
     try:
         for chunk in _chunks(requests, cfg.pool.batch_size):
             yield worker.run(chunk)
@@ -160,29 +134,30 @@ def _run_local(requests: list[Request], cfg: GenerateConfig, board: Any = None) 
         worker.backend.close()
 
 
-def _run_data(requests: list[Request], cfg: GenerateConfig, board: Any = None) -> Iterator[list[Completion]]:
+def _run_data(requests: list[Request], cfg: GenerateConfig, board: Any = None,
+              sampling: Sampling | None = None) -> Iterator[list[Completion]]:
     import ray
 
     pool = cfg.pool
-    items = [{"question_id": r.question_id, "sample_idx": r.sample_idx, "prompt": r.prompt, "seed": r.seed}
-             for r in requests]
+    items = [{"question_id": r.question_id, "sample_idx": r.sample_idx, "prompt": r.prompt, "seed": r.seed,
+              "max_tokens": r.max_tokens or 0} for r in requests]
     n_blocks = max(1, -(-len(items) // pool.batch_size))  # one block per batch: results stream back early
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
     with warnings.catch_warnings():
         # Ray Data has no named parameter for bounded actor restarts yet; its default is unbounded.
         warnings.simplefilter("ignore", DeprecationWarning)
-        ds = _map_generate(ds, cfg, board)
+        ds = _map_generate(ds, cfg, board, sampling)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield columns_to_completions(batch)
 
 
-def _map_generate(ds: Any, cfg: GenerateConfig, board: Any = None) -> Any:
+def _map_generate(ds: Any, cfg: GenerateConfig, board: Any = None, sampling: Sampling | None = None) -> Any:
     import ray
 
     pool = cfg.pool
     return ds.map_batches(
         GenerateWorker,
-        fn_constructor_kwargs=_worker_args(cfg, board),
+        fn_constructor_kwargs=worker_args(cfg, board, sampling),
         batch_size=pool.batch_size,
         compute=ray.data.ActorPoolStrategy(size=pool.replicas),
         num_cpus=pool.num_cpus,
@@ -192,11 +167,12 @@ def _map_generate(ds: Any, cfg: GenerateConfig, board: Any = None) -> Any:
     )
 
 
-def _run_serve(requests: list[Request], cfg: GenerateConfig, board: Any = None) -> Iterator[list[Completion]]:
+def _run_serve(requests: list[Request], cfg: GenerateConfig, board: Any = None,
+               sampling: Sampling | None = None) -> Iterator[list[Completion]]:
     from ray import serve
 
     # a kept (shared) pool outlives this stage's board, and new constructor args would redeploy it
-    handle = deploy(cfg, None if cfg.pool.keep_serving else board)
+    handle = deploy(cfg, None if cfg.pool.keep_serving else board, sampling)
     try:
         yield from serve_requests(handle, requests, batch_size=cfg.pool.batch_size,
                                   in_flight=max(2, 2 * cfg.pool.replicas), max_retries=cfg.pool.max_retries)
@@ -205,7 +181,7 @@ def _run_serve(requests: list[Request], cfg: GenerateConfig, board: Any = None) 
             serve.delete(cfg.pool.app_name)
 
 
-def deploy(cfg: GenerateConfig, board: Any = None) -> Any:
+def deploy(cfg: GenerateConfig, board: Any = None, sampling: Sampling | None = None) -> Any:
     """Start (or update) the Serve application for this config and return its handle."""
     from ray import serve
 
@@ -222,7 +198,7 @@ def deploy(cfg: GenerateConfig, board: Any = None) -> Any:
         max_ongoing_requests=max(2, int(2 * pool.target_ongoing_requests)),
         ray_actor_options={"num_cpus": pool.num_cpus, "num_gpus": cfg.replica_gpus()},
     )
-    app = deployment.bind(**_worker_args(cfg, board))
+    app = deployment.bind(**worker_args(cfg, board, sampling))
     return serve.run(app, name=pool.app_name, route_prefix=None)
 
 

@@ -129,7 +129,7 @@ def _generate(cfg: GenerateConfig, storage: Storage, out: str) -> GenerateResult
     requests = build_requests(problems, prompts, cfg, done)
     expected = Counter(r.question_id for r in requests)
     writer = SampleWriter(storage, out, run_id=run_id, model=cfg.model, backend=cfg.backend, prompts=prompts,
-                          expected=dict(expected), part_size=cfg.part_size)
+                          expected=dict(expected), part_size=cfg.part_size, flush_s=cfg.part_flush_s)
     gen_started = time.perf_counter()
     try:
         for completions in _watched_pool(requests, cfg, storage, out):

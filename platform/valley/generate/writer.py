@@ -2,13 +2,17 @@
 
 A problem's samples are written together once all of them are back, so a part on disk only ever
 holds finished problems; resume therefore needs nothing but the (question_id, sample_idx) pairs
-already on disk.
+already on disk. A part closes when `part_size` samples of finished problems wait, or when the oldest of
+them has waited `flush_s` seconds (checked as completions arrive), so during a long stage finished
+problems reach disk, and a grade node following the stage, within about `flush_s`.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 import pyarrow as pa
 
@@ -28,15 +32,19 @@ def finished_keys(storage: Storage, stage_dir: str) -> set[tuple[str, int]]:
 
 
 class SampleWriter:
-    """Buffers completions per problem; writes a part when `part_size` samples of finished problems wait."""
+    """Buffers completions per problem; writes a part when `part_size` samples of finished problems wait or
+    the first of them has waited `flush_s` seconds (None: only by size)."""
 
     def __init__(self, storage: Storage, stage_dir: str, *, run_id: str, model: str, backend: str,
-                 prompts: dict[str, str], expected: dict[str, int], part_size: int):
+                 prompts: dict[str, str], expected: dict[str, int], part_size: int, flush_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.storage, self.stage_dir = storage, stage_dir
         self.run_id, self.model, self.backend = run_id, model, backend
         self.prompts = prompts
         self.remaining = dict(expected)  # question_id -> samples still to come in this run
         self.part_size = part_size
+        self.flush_s, self.clock = flush_s, clock
+        self.ready_since: float | None = None  # when the oldest finished problem not yet on disk finished
         self.pending: dict[str, list[Completion]] = defaultdict(list)
         self.ready: list[Completion] = []
         self.parts: list[str] = []
@@ -51,15 +59,23 @@ class SampleWriter:
                 raise RuntimeError(f"backend returned a sample for unknown problem {c.question_id!r}")
             self.pending[c.question_id].append(c)
             self.remaining[c.question_id] -= 1
+            if self.remaining[c.question_id] < 0:
+                raise RuntimeError(f"more samples of {c.question_id!r} came back than were asked for")
             if self.remaining[c.question_id] == 0:
                 self.ready.extend(sorted(self.pending.pop(c.question_id), key=lambda x: x.sample_idx))
-        if len(self.ready) >= self.part_size:
+                if self.ready_since is None:
+                    self.ready_since = self.clock()
+        if len(self.ready) >= self.part_size or self._waited_long():
             self.flush()
+
+    def _waited_long(self) -> bool:
+        return (self.flush_s is not None and self.ready_since is not None
+                and self.clock() - self.ready_since >= self.flush_s)
 
     def flush(self) -> None:
         if not self.ready:
             return
-        rows, self.ready = self.ready, []
+        rows, self.ready, self.ready_since = self.ready, [], None
         table = pa.table(
             {
                 "run_id": [self.run_id] * len(rows),

@@ -16,6 +16,9 @@ class Sampling:
     temperature: float
     top_p: float
     max_tokens: int
+    # Benchmarks only: keep generating past end of sequence until the token budget (vLLM's `ignore_eos`),
+    # so output lengths follow the requests' budgets; the stage never sets it.
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,11 @@ class Request:
     sample_idx: int
     prompt: str
     seed: int
+    max_tokens: int | None = None  # this request's budget instead of Sampling.max_tokens (benchmarks' long tails)
+
+    def budget(self, sampling: Sampling) -> int:
+        """The token budget of this request under `sampling`."""
+        return sampling.max_tokens if self.max_tokens is None else self.max_tokens
 
 
 @dataclass(frozen=True)
@@ -53,4 +61,19 @@ class Backend(ABC):
         """One completion per request, in request order."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
+        """Release devices/engines; the default holds nothing."""
+
+
+class AsyncBackend(ABC):
+    """A backend that many callers feed at once (the stream pool's replicas): each `generate` call is one
+    problem's samples, and the backend interleaves concurrent calls on one engine, so an engine never waits
+    for the slowest sequence of somebody else's batch."""
+
+    name: str = "base"
+
+    @abstractmethod
+    async def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
+        """One completion per request, in request order; concurrent calls share the engine."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release devices/engines; the default holds nothing."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from valley.generate.backends.base import Backend
+from valley.generate.backends.base import AsyncBackend, Backend
 
 
 def make_backend(kind: str, model: str, **options: Any) -> Backend:
@@ -19,3 +19,15 @@ def make_backend(kind: str, model: str, **options: Any) -> Backend:
 
         return VLLMBackend(model, **options)
     raise ValueError(f"unknown generation backend {kind!r} (transformers | vllm)")
+
+
+def make_async_backend(kind: str, model: str, *, batch_size: int, **options: Any) -> AsyncBackend:
+    """The stream pool's engine by name: vLLM's async engine (continuous batching), or the transformers
+    backend behind a micro-batcher (`batch_size` requests per `generate` call; HF cannot batch continuously)."""
+    if kind == "vllm":
+        from valley.generate.backends.vllm_async import VLLMAsyncBackend
+
+        return VLLMAsyncBackend(model, **options)
+    from valley.generate.backends.microbatch import MicroBatcher
+
+    return MicroBatcher(make_backend(kind, model, **options), batch_size)

@@ -7,7 +7,8 @@ batched decoding loop and KV cache while making every sample independent of its 
 Each row's budget is min(max_tokens, context - its own prompt length) (context: `max_model_len`, else the
 model's window after `hf_overrides`); a row cut by the window finishes as "context", not "length". Rows
 with shorter budgets are decoded along with the batch and their extra tokens dropped, which leaves their
-samples unchanged (a token never depends on later ones).
+samples unchanged (a token never depends on later ones). A request may carry its own `max_tokens`, and
+`Sampling.ignore_eos` decodes every row to its budget (benchmarks of long-tailed lengths).
 """
 
 from __future__ import annotations
@@ -111,25 +112,29 @@ class TransformersBackend(Backend):
         processors = []
         if sampling.temperature > 0:
             processors.append(SeededSampler([r.seed for r in requests], sampling.temperature, sampling.top_p))
-        budgets = self._budgets(requests, enc["attention_mask"].sum(dim=1).tolist(), sampling.max_tokens)
+        asked = [r.budget(sampling) for r in requests]
+        budgets = self._budgets(requests, enc["attention_mask"].sum(dim=1).tolist(), asked)
+        # ignore_eos: an id no logit can produce, so no row stops before its budget (None would fall back
+        # to the model's generation config)
+        stop_ids = [self.model.get_output_embeddings().weight.shape[0]] if sampling.ignore_eos else self.eos_ids
         gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max(budgets),
-                                   eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
+                                   eos_token_id=stop_ids, pad_token_id=self.pad_id)
         with torch.inference_mode():
             out = self.model.generate(**enc, generation_config=gen_cfg, logits_processor=processors)
         new = out[:, enc["input_ids"].shape[1]:].tolist()
-        eos = set(self.eos_ids)
+        eos = set() if sampling.ignore_eos else set(self.eos_ids)
         completions = []
-        for req, row, budget in zip(requests, new, budgets, strict=True):
-            n, reason = finish(row, eos, budget, context=budget < sampling.max_tokens)
+        for req, row, budget, wanted in zip(requests, new, budgets, asked, strict=True):
+            n, reason = finish(row, eos, budget, context=budget < wanted)
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
             completions.append(Completion(req.question_id, req.sample_idx, text, n, reason))
         return completions
 
-    def _budgets(self, requests: list[Request], prompt_lens: list[int], max_tokens: int) -> list[int]:
-        """Tokens each row may generate: max_tokens, or less where its prompt leaves less context."""
+    def _budgets(self, requests: list[Request], prompt_lens: list[int], asked: list[int]) -> list[int]:
+        """Tokens each row may generate: its budget, or less where its prompt leaves less context."""
         if self.context is None:
-            return [max_tokens] * len(requests)
-        budgets = [min(max_tokens, self.context - int(n)) for n in prompt_lens]
+            return list(asked)
+        budgets = [min(want, self.context - int(n)) for n, want in zip(prompt_lens, asked, strict=True)]
         for req, n, budget in zip(requests, prompt_lens, budgets, strict=True):
             if budget < 1:
                 raise ValueError(f"prompt of {req.question_id}/{req.sample_idx} ({int(n)} tokens) fills the "
