@@ -73,6 +73,19 @@ def test_vllm_per_request_budgets_and_ignore_eos(engine):
     assert [(c.n_tokens, c.finish_reason) for c in out] == [(3, "length"), (40, "length")]
 
 
+def test_vllm_seeded_requests_whose_prompts_overflow_one_prefill_step(engine):
+    """Prompts whose total is above the engine's prefill budget per step (4,096 tokens on CPU): with chunked
+    prefill, vLLM's CPU build fails seeded requests, so the backend turns it off there."""
+    from valley.generate.prompts import encode_prompt
+
+    long = PROMPT.replace("Read N and print N+1.", "Read N and print N+1. " * 90)
+    assert 500 < len(encode_prompt(engine.tokenizer, long)) < 1000
+    # distinct prompts: identical ones would come from the prefix cache instead of being prefilled
+    reqs = [Request(f"q{i}", 0, f"Problem {i}. {long}", sample_seed(0, f"q{i}", 0)) for i in range(10)]
+    out = engine.generate(reqs, Sampling(temperature=0.8, top_p=0.95, max_tokens=4))
+    assert [c.question_id for c in out] == [f"q{i}" for i in range(10)] and all(c.n_tokens >= 1 for c in out)
+
+
 def test_vllm_async_engine_gives_the_sync_engines_samples(model_dir, engine):
     """The stream pool's engine: concurrent problems in one async engine, each sample as the sync engine's."""
     from valley.generate.backends.factory import make_async_backend

@@ -46,8 +46,18 @@ def engine_kwargs_of(model: str, *, tensor_parallel_size: int = 1, dtype: str = 
         # Inside a Ray actor that already holds `tensor_parallel_size` GPUs, worker processes are
         # the simplest correct choice; "ray" is the alternative on multi-node engines.
         kwargs["distributed_executor_backend"] = distributed_executor_backend or "mp"
+    if _on_cpu():
+        # vLLM's CPU build fails a seeded request whose prompt is prefilled in chunks (it rewinds the
+        # request's generator offset, which CPU generators do not have): whole prompts only on CPU
+        kwargs["enable_chunked_prefill"] = False
     kwargs.update(engine_kwargs or {})
     return kwargs
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def sampling_params(request: Request, sampling: Sampling) -> Any:

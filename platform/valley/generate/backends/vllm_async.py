@@ -24,10 +24,13 @@ class VLLMAsyncBackend(AsyncBackend):
     def __init__(self, model: str, **options: Any):
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs, AsyncLLMEngine
+        from vllm.usage.usage_lib import UsageContext
 
         kwargs = engine_kwargs_of(model, **options)
         kwargs.setdefault("disable_log_stats", True)  # per-step stats lines would flood the replica's log
-        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs))
+        # the scheduler defaults of `vllm.LLM` (batch inference: e.g. 256 sequences at once), not those of
+        # a bare engine (128 sequences, a smaller prefill budget)
+        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs), usage_context=UsageContext.LLM_CLASS)
         # the same tokenizer files vLLM loads; prompts go in as ids, so vLLM never tokenizes text itself
         self.tokenizer = AutoTokenizer.from_pretrained(kwargs.get("tokenizer") or model)
 
