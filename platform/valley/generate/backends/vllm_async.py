@@ -38,11 +38,15 @@ class VLLMAsyncBackend(AsyncBackend):
         return list(await asyncio.gather(*(self._one(r, sampling) for r in requests)))
 
     async def _one(self, request: Request, sampling: Sampling) -> Completion:
+        from vllm.sampling_params import RequestOutputKind
+
         # unique per call: a problem re-sent after a failure must not collide with a request still draining
         request_id = f"{request.question_id}/{request.sample_idx}/{uuid.uuid4().hex[:8]}"
+        params = sampling_params(request, sampling)
+        # only the finished output, as `vllm.LLM` asks for: no per-step wake-up of every waiting request
+        params.output_kind = RequestOutputKind.FINAL_ONLY
         final = None
-        async for output in self.engine.generate(tokens_prompt(self.tokenizer, request),
-                                                 sampling_params(request, sampling), request_id):
+        async for output in self.engine.generate(tokens_prompt(self.tokenizer, request), params, request_id):
             final = output
         if final is None or not final.finished:
             raise RuntimeError(f"vLLM request {request_id} ended without a finished output")
