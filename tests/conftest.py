@@ -33,6 +33,12 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def lcb_file(shared_data: Path) -> str:
+    """LCB release v6 problems with public tests (the generate stage tests' problems)."""
+    return str(shared_data / "lcb" / "refined_test6.jsonl")
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """The demo's tiny random Qwen2 student (a Hugging Face directory), built once per test session."""
     from valley.demo import build_demo_tokenizer, build_tiny_model

@@ -14,11 +14,6 @@ from valley.generate.stage import run_generate
 QIDS = ["abc387_a", "abc387_b", "3674", "3677"]
 
 
-@pytest.fixture(scope="module")
-def lcb_file(shared_data):
-    return str(shared_data / "lcb" / "refined_test6.jsonl")
-
-
 def _cfg(tiny_model: str, lcb_file: str, name: str, **pool) -> GenerateConfig:
     return GenerateConfig(
         name=name, model=tiny_model, problems=[lcb_file], filters={"question_ids": QIDS},

@@ -11,12 +11,12 @@ from collections import Counter
 
 import pytest
 
+# the stage tests' problems and config: the stream pool is checked on the same runs
+from test_generate_stage import _cfg
 from valley.generate.backends.base import Backend, Completion, Request, Sampling, sample_seed
 from valley.generate.backends.microbatch import MicroBatcher
 from valley.generate.config import GenerateConfig
 from valley.generate.stream_pool import ReplicaLost, group_by_problem, stream
-
-QIDS = ["abc387_a", "abc387_b", "3674", "3677"]  # two stdin and two functional LCB v6 problems, shared side
 
 
 def _group(qid: str, n: int) -> list[Request]:
@@ -145,19 +145,6 @@ def test_micro_batcher_hands_a_failed_batch_to_its_callers_and_goes_on():
 
 
 # ---- on Ray, with the tiny model and real LCB problems ----
-
-@pytest.fixture(scope="module")
-def lcb_file(shared_data):
-    return str(shared_data / "lcb" / "refined_test6.jsonl")
-
-
-def _cfg(tiny_model: str, lcb_file: str, name: str, **pool) -> GenerateConfig:
-    return GenerateConfig(
-        name=name, model=tiny_model, problems=[lcb_file], filters={"question_ids": QIDS},
-        n=2, temperature=0.8, top_p=0.95, max_tokens=16, seed=3, part_size=2,
-        pool={"num_cpus": 0.5, "batch_size": 3, **pool},
-    )
-
 
 def _responses(storage, result) -> dict[tuple[str, int], str]:
     table = storage.read_parquet(result.stage_dir, "samples")
