@@ -54,6 +54,12 @@ def pack(docs: list[dict], seq_len: int, pad_id: int) -> list[dict]:
     return rows
 
 
+def statement(question: str) -> str:
+    """The question's first paragraph: the whole LCB-format question (examples, format) is 120-200 tokens,
+    so documents cut to a few hundred tokens would keep no response token to train on."""
+    return question.split("\n\n")[0]
+
+
 def tiny_model_and_docs(root: Path, max_tokens: int) -> tuple[Path, object, list[dict]]:
     """The tiny demo student, its tokenizer and nine tokenized demo documents cut to `max_tokens`."""
     from transformers import AutoTokenizer
@@ -65,7 +71,7 @@ def tiny_model_and_docs(root: Path, max_tokens: int) -> tuple[Path, object, list
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     docs = []
     for t in make_traces(9, seed=3):
-        ids, mask = tokenize_doc(tok, t["question"], t["response"])
+        ids, mask = tokenize_doc(tok, statement(t["question"]), t["response"])
         docs.append({"id": t["id"], "input_ids": ids[:max_tokens], "loss_mask": mask[:max_tokens]})
     return model_dir, tok, docs
 
@@ -81,7 +87,7 @@ def build_data_dir(storage: Storage, tokenizer_dir: Path, *, n_traces: int, seq_
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     docs = []
     for t in make_traces(n_traces, seed):
-        ids, mask = tokenize_doc(tok, t["question"], t["response"])
+        ids, mask = tokenize_doc(tok, statement(t["question"]), t["response"])
         cut = max_doc or seq_len // 3
         docs.append({"id": t["id"], "input_ids": ids[:cut], "loss_mask": mask[:cut]})
     if packed:
