@@ -67,7 +67,7 @@ def by_key(completions) -> dict:
 
 def direct(cfg, requests, threads: int) -> dict:
     from valley.generate.backends.factory import make_backend
-    from valley.generate.pool import backend_options, sampling_of
+    from valley.generate.replica import backend_options, sampling_of
 
     t0 = time.perf_counter()
     backend = make_backend(cfg.backend, cfg.model, **{**backend_options(cfg), "num_threads": threads})
@@ -150,7 +150,7 @@ def fitting(requests, model: str, max_prompt_tokens: int) -> list:
 def timed_direct(cfg, requests, sampling) -> dict:
     """One `LLM.generate` over every request (the sync backend), timed after the engine has loaded."""
     from valley.generate.backends.factory import make_backend
-    from valley.generate.pool import backend_options
+    from valley.generate.replica import backend_options
 
     t0 = time.monotonic()
     engine = make_backend("vllm", cfg.model, **backend_options(cfg))

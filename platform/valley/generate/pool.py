@@ -28,18 +28,8 @@ from typing import Any
 from valley.generate.backends.base import Completion, Request, Sampling
 from valley.generate.backends.factory import make_backend
 from valley.generate.config import GenerateConfig
-from valley.generate.replica import (
-    backend_options,
-    maybe_crash,
-    register,
-    replica_name,
-    sampling_of,
-    worker_args,
-)
+from valley.generate.replica import maybe_crash, register, replica_name, worker_args
 from valley.watchdog import Heartbeat
-
-__all__ = ["GenerateServer", "GenerateWorker", "backend_options", "deploy", "run_pool", "sampling_of",
-           "serve_requests"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ everything finished has already been yielded.
 Failures: replicas are actors with `max_restarts` = `max_task_retries` = `pool.max_retries`, so Ray restarts
 a dead replica and re-runs the problems it held. A problem whose replica is lost beyond that is re-sent by
 the driver to a fresh replica, up to `pool.max_retries` times, then the pool fails naming the problem. A
-problem is yielded once, when its task succeeds: a re-sent problem has no other live task.
+problem is yielded once, when its task succeeds: a re-sent problem has no other live task (and the
+sample writer, which every pool feeds, refuses samples of a problem beyond those asked for).
 """
 
 from __future__ import annotations
@@ -74,7 +75,6 @@ def stream(groups: list[list[Request]], fleet: Fleet, *, replicas: int, max_in_f
     slots = [fleet.start(i) for i in range(replicas)]
     load = [0] * replicas  # samples submitted to each slot and not yet back
     running: dict[Any, tuple[int, Any, list[Request], int]] = {}  # ref -> slot, replica, group, failures
-    yielded: set[str] = set()
     try:
         while pending or running:
             while pending:
@@ -102,9 +102,6 @@ def stream(groups: list[list[Request]], fleet: Fleet, *, replicas: int, max_in_f
                         slots[slot] = fleet.start(slot)
                     pending.appendleft((group, failures + 1))
                     continue
-                if qid in yielded:  # cannot happen (one live task per group); never write a problem twice
-                    raise RuntimeError(f"problem {qid!r} came back twice from the stream pool")
-                yielded.add(qid)
                 yield done
     finally:
         for replica in slots:
