@@ -41,6 +41,17 @@ def _global_in_nested_def(code: str) -> bool:
     return any(isinstance(node, ast.Global) and bool(top_names.intersection(node.names)) for node in ast.walk(tree))
 
 
+_THREAD_STARTED = re.compile(r"\bThread\((?s:.*)\.start\(\s*\)")
+_THREAD_JOINED = re.compile(r"\.join\(\s*(?:\)|timeout\b)")  # str.join always takes an argument
+
+
+def _thread_not_joined(code: str) -> bool:
+    """A thread started and never joined: lcb_runner reads the captured output as soon as the wrapped
+    program returns, so what the thread prints afterwards is lost (a race that fast threads sometimes
+    win); a plain run waits for the thread before the interpreter exits."""
+    return bool(_THREAD_STARTED.search(code)) and not _THREAD_JOINED.search(code)
+
+
 def lcb_failing_idioms(code: str | None, *, stdin_program: bool = True) -> list[str]:
     """Idioms in `code` that lcb_runner's grader fails although a plain Python run handles them."""
     if not code or not stdin_program:
@@ -48,4 +59,6 @@ def lcb_failing_idioms(code: str | None, *, stdin_program: bool = True) -> list[
     found = [name for name, (pat, _) in IDIOM_PATTERNS.items() if pat.search(code)]
     if _global_in_nested_def(code):
         found.append("global in a function")
+    if _thread_not_joined(code):
+        found.append("thread not joined")
     return found
