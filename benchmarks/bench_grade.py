@@ -27,6 +27,7 @@ import gzip
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,10 +174,9 @@ def failing_test_recheck(storage, recs: list[dict], problems_by_id: dict, args) 
     }
 
 
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (the upper one of two middles), reported whole."""
+    return sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2]
 
 
 def _timed_run(storage, name: str, mode: str, args) -> tuple[dict, dict[str, dict]]:
@@ -249,21 +249,20 @@ def main() -> None:
             report["rlimit_only"], runs["rlimit_only"] = _timed_run(storage, "rlimit_only", "rlimit_only", args)
         if r < args.repeat - 1:
             runtime.shutdown()
-    i_mid = sorted(range(args.repeat), key=lambda i: ours_runs[i]["wall_s"])[args.repeat // 2]
-    report["bwrap"] = {**ours_runs[i_mid], "runs_wall_s": [x["wall_s"] for x in ours_runs]}
+    report["bwrap"] = {**_median_run(ours_runs), "runs_wall_s": [x["wall_s"] for x in ours_runs]}
     b = report["bwrap"]
     b["verdicts_identical_across_runs"] = all(v == verdict_sets[0] for v in verdict_sets)
     if lcb_runs:
-        report["lcb_runner"] = {**sorted(lcb_runs, key=lambda x: x["wall_s"])[args.repeat // 2],
+        report["lcb_runner"] = {**_median_run(lcb_runs),
                                 "processes": args.cpus, "runs_wall_s": [x["wall_s"] for x in lcb_runs]}
         ratios = [o["samples_per_s"] / x["samples_per_s"] for o, x in zip(ours_runs, lcb_runs)]
         report["ours_over_lcb_runner_samples_per_s_runs"] = [round(x, 3) for x in ratios]
-        report["ours_over_lcb_runner_samples_per_s"] = round(_median(ratios), 3)
+        report["ours_over_lcb_runner_samples_per_s"] = round(statistics.median(ratios), 3)
         # The best ratio any grader with the same CPU-time limit could reach: the programs' own CPU time
         # (a time-limit sample burns the whole limit) spread perfectly over the cores, zero overhead.
         bounds = [x["wall_s"] / max(o["ideal_wall_s"], 1e-9) for o, x in zip(ours_runs, lcb_runs)]
-        report["ratio_bound_at_zero_overhead"] = round(_median(bounds), 3)
-        report["share_of_bound"] = round(_median([r / bd for r, bd in zip(ratios, bounds)]), 3)
+        report["ratio_bound_at_zero_overhead"] = round(statistics.median(bounds), 3)
+        report["share_of_bound"] = round(statistics.median([r / bd for r, bd in zip(ratios, bounds)]), 3)
     if args.plain:
         report["sandbox_vs_plain_samples_per_s"] = round(b["samples_per_s"] / report["rlimit_only"]["samples_per_s"], 3)
     report["agreement_public_tests"] = agreement_table(recs, runs["bwrap"], lcb)
