@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
 
     from valley import runtime
-    from valley.decontam.stage import DecontamConfig, run_decontam
+    from valley.decontam.config import DecontamConfig
+    from valley.decontam.stage import run_decontam
     from valley.problems import iter_json_records
     from valley.storage import Storage
 

@@ -50,10 +50,10 @@ def build_model(root: Path, hidden: int, layers: int) -> str:
 
 
 def make_requests(cfg):
-    from valley.generate import problems as problems_mod
+    from valley.generate import selection
     from valley.generate.stage import build_requests, render_prompts
 
-    sel = problems_mod.load_problems(cfg.problems, cfg.filters)
+    sel = selection.load_problems(cfg.problems, cfg.filters)
     return build_requests(sel.problems, render_prompts(cfg, sel.problems), cfg, set())
 
 

@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     from valley import runtime
     from valley.grade.config import GradeConfig
     from valley.grade.stage import run_grade
+    from valley.imports.config import ImportConfig, ImportInput
     from valley.imports.score import report_config
-    from valley.imports.stage import ImportConfig, ImportInput, run_import
+    from valley.imports.stage import run_import
     from valley.report.stage import run_report
     from valley.storage import Storage
 

@@ -59,18 +59,18 @@ def reduced_spec(demo: dict[str, str], sizes: list[int], workers: int, per_worke
 
 def fail_nodes(node_ids: list[str]) -> None:
     """Make the named nodes raise when they start (a stand-in for a real fault, e.g. a broken export)."""
-    from valley.experiment import stages
+    from valley.experiment import nodes
 
     if not node_ids:
         return
-    inner = stages.run_node
+    inner = nodes.run_node
 
     def run_node(spec: Any, graph: Any, node: Any, storage: Any, outputs: Any, context: Any) -> Any:
         if node.id in node_ids:
             raise RuntimeError(f"injected failure of {node.id}")
         return inner(spec, graph, node, storage, outputs, context)
 
-    stages.run_node = run_node
+    nodes.run_node = run_node
 
 
 def run_study(spec_dict: dict[str, Any], storage_root: str, sequential: bool = False) -> dict[str, Any]:

@@ -16,11 +16,11 @@ from pydantic import ValidationError
 
 from valley.config import StageConfig, apply_overrides, build, load
 from valley.data.config import DataConfig
-from valley.decontam.stage import DecontamConfig
+from valley.decontam.config import DecontamConfig
 from valley.errors import ConfigError
 from valley.generate.config import GenerateConfig
 from valley.grade.config import GradeConfig, LabelConfig
-from valley.imports.stage import ImportConfig
+from valley.imports.config import ImportConfig
 from valley.report.config import ReportConfig
 from valley.train.config import TrainConfig
 

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from valley import schemas
+from valley.decontam.config import DecontamConfig
 from valley.decontam.index import EvalProblem, build_index
 from valley.decontam.match import MatchRule, match_question
-from valley.decontam.stage import DecontamConfig, run_decontam
+from valley.decontam.stage import run_decontam
 from valley.decontam.text import ngram_hashes, normalize, normalize_title, url_keys
 from valley.errors import InputError
 

@@ -13,7 +13,7 @@ import pytest
 
 from valley.errors import InputError
 from valley.generate.config import ProblemFilter
-from valley.generate.problems import load_problems, parse_release, problems_table, release_of_file, select
+from valley.generate.selection import load_problems, parse_release, problems_table, release_of_file, select
 
 VERDICTS = "lcb_verdicts/xiangww0108__Qwen2.5-Ins-7B__Scenario.codegeneration_1_0.2_eval_all.json.gz"
 

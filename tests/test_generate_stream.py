@@ -192,13 +192,13 @@ def test_stream_pool_yields_problems_and_parts_reach_disk_before_the_end(ray_loc
                                                                        local_reference):
     """Problem by problem: with a zero flush interval each finished problem is a part on disk while the
     pool still has problems to deliver."""
-    from valley.generate import problems as problems_mod
+    from valley.generate import selection
     from valley.generate.pool import run_pool
     from valley.generate.stage import build_requests, render_prompts
     from valley.generate.writer import SAMPLES_DIR, SampleWriter
 
     cfg = _cfg(tiny_model, lcb_file, "parts", replicas=1, max_in_flight=2)
-    problems = problems_mod.load_problems(cfg.problems, cfg.filters).problems
+    problems = selection.load_problems(cfg.problems, cfg.filters).problems
     prompts = render_prompts(cfg, problems)
     requests = build_requests(problems, prompts, cfg, set())
     writer = SampleWriter(storage, "gen", run_id="r", model=cfg.model, backend=cfg.backend, prompts=prompts,

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from valley.errors import SandboxUnavailableError
-from valley.grade.runner import grade_code
+from valley.grade.grader import grade_code
 from valley.grade.sandbox import (
     Limits,
     Sandbox,
@@ -191,7 +191,7 @@ def test_unprivileged_grader_uses_a_user_namespace():
 def test_programs_sharing_a_sandbox_cannot_see_each_other():
     """A batch reuses one sandbox: files and processes of one program are gone before the next runs,
     and a program that kills the driver only costs a fresh sandbox for the next one."""
-    from valley.grade.runner import Grader
+    from valley.grade.grader import Grader
 
     one = TestSpec("stdin", ("",), ("clean\n",))
     litter = ("import os, time\nopen('/tmp/leak', 'w').write('x')\nos.makedirs('/tmp/d/e', exist_ok=True)\n"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from valley.grade.runner import Grader
+from valley.grade.grader import Grader
 from valley.grade.sandbox import Limits, bwrap_unavailable_reason
 from valley.problems import TestSpec
 

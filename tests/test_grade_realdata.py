@@ -12,8 +12,8 @@ import json
 
 import pytest
 
+from valley.grade.grader import grade_code, grade_response
 from valley.grade.lcb_diff import lcb_failing_idioms
-from valley.grade.runner import grade_code, grade_response
 from valley.grade.sandbox import Limits, bwrap_unavailable_reason
 from valley.problems import TestSpec, load_lcb_problems, spec_from_problem, spec_from_taco
 

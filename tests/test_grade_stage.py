@@ -232,7 +232,7 @@ def test_stalled_stage_fails_naming_phase_and_batch(ray_local, storage):
 
 
 def test_sandbox_that_cannot_start_is_a_grader_error_not_a_failure():
-    from valley.grade.runner import Grader
+    from valley.grade.grader import Grader
     from valley.grade.sandbox import Limits
     from valley.problems import TestSpec
 

@@ -160,7 +160,7 @@ def test_readme_job_commands_with_token_auth(tmp_path):
                                 env=base, cwd=clone, capture_output=True, text=True, timeout=300)
         assert valley.returncode == 2 and "Set RAY_AUTH_MODE=token" in valley.stderr, valley.stderr[-2000:]
 
-        data = [ray, "job", "submit", "--working-dir", ".", "--", "python", "jobs/prepare_data.py",
+        data = [ray, "job", "submit", "--working-dir", ".", "--", "python", "jobs/data.py",
                 "jobs/configs/data_demo.yaml", "--storage", "runs/jobs", "--chdir", str(clone),
                 "--set", "subsets=[{name: r40, kind: random, size: 40}]", "--set", "max_seq_len=512"]
         job = _submit(data, client, clone)
@@ -171,7 +171,7 @@ def test_readme_job_commands_with_token_auth(tmp_path):
                  "study.stage2_from_size=null", "study.per_epoch_eval=[]", "label=null", "data.max_seq_len=512",
                  "train.epochs=1", "train.global_batch_size=4", "train.num_workers=1", "train.max_seq_len=512",
                  "generate.n=1", "generate.max_tokens=16", "generate.filters.limit=4", "report.n_boot=20"]
-        study = [ray, "job", "submit", "--working-dir", ".", "--", "python", "jobs/run_experiment.py",
+        study = [ray, "job", "submit", "--working-dir", ".", "--", "python", "jobs/run.py",
                  "jobs/configs/demo.yaml", "--storage", "runs/demo", "--chdir", str(clone)]
         job = _submit(study + [a for s in small for a in ("--set", s)], client, clone)
         assert job.returncode == 0 and "succeeded" in job.stdout.lower(), job.stdout[-4000:] + job.stderr[-4000:]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from valley.capacity.cluster import GpuNode, gpu_node_from_cluster
+from valley.capacity.estimate import KNOWN_SHAPES, Assumptions, estimate_spec_file
 from valley.capacity.memory import GIB, ModelShape, deepspeed_estimate, rank_memory
-from valley.capacity.plan import KNOWN_SHAPES, Assumptions, plan_spec_file
 from valley.capacity.render import render_plan
 from valley.train.config import TrainConfig
 
@@ -66,7 +66,7 @@ def test_attention_mask_memory_flash_and_flex_vs_sdpa():
 
 
 def test_paper_plan_fits_80gb_with_the_papers_settings(capsys):
-    plan = plan_spec_file(PAPER, node=H100)
+    plan = estimate_spec_file(PAPER, node=H100)
     assert len(plan.train) == 24  # 2 students × (4 sizes + 4 subsets × 2 starting points)
     assert {t.student for t in plan.train} == {"qwen2.5-7b-instruct", "llama3.1-8b-instruct"}
     for t in plan.train:
@@ -95,7 +95,7 @@ def test_paper_plan_fits_80gb_with_the_papers_settings(capsys):
     ("train.gradient_checkpointing=false", "train.gradient_checkpointing"),
 ])
 def test_a_run_that_cannot_fit_is_flagged_with_its_fix(override, knob):
-    plan = plan_spec_file(PAPER, [override], node=H100)
+    plan = estimate_spec_file(PAPER, [override], node=H100)
     assert not plan.all_fit and plan.totals["runs_that_do_not_fit"] == 24
     fix = plan.train[0].fix
     assert list(fix["set"]) == [knob] and fix["memory_gib"] < plan.train[0].usable_gib
@@ -103,11 +103,11 @@ def test_a_run_that_cannot_fit_is_flagged_with_its_fix(override, knob):
 
 
 def test_small_gpus_are_fixed_by_offloading_then_shorter_rows():
-    plan = plan_spec_file(PAPER, node=GpuNode("small", 8, "L40S", 44.4))
+    plan = estimate_spec_file(PAPER, node=GpuNode("small", 8, "L40S", 44.4))
     assert not plan.all_fit
     assert {tuple(t.fix["set"]) for t in plan.train} == {("train.loss_chunk_tokens",), ("train.offload_optimizer",)} \
         or all("train.offload_optimizer" in t.fix["set"] for t in plan.train)
-    tiny = plan_spec_file(PAPER, node=GpuNode("tiny", 8, "A10G", 22.0))
+    tiny = estimate_spec_file(PAPER, node=GpuNode("tiny", 8, "A10G", 22.0))
     fix = tiny.train[0].fix["set"]
     assert fix["train.offload_optimizer"] is True and fix["train.max_seq_len"] < 32768
 
@@ -135,7 +135,7 @@ def test_demo_plan_reads_the_corpus_then_the_manifests(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_demo("demo-data", n_traces=200, n_problems=6)
     shutil.copytree("demo-data/model", "demo-data/student")  # the instruct stage's export, untrained here
-    plan = plan_spec_file(DEMO, node=H100, assumptions=Assumptions(), storage_root=str(tmp_path / "runs"))
+    plan = estimate_spec_file(DEMO, node=H100, assumptions=Assumptions(), storage_root=str(tmp_path / "runs"))
     assert len(plan.train) == 4 + 4 * 2 and all(t.tokens_source == "corpus-sample" for t in plan.train)
     r100 = next(t for t in plan.train if t.subset == "r100")
     assert 50 * 100 < r100.tokens_per_epoch < 2000 * 100
@@ -147,7 +147,7 @@ def test_demo_plan_reads_the_corpus_then_the_manifests(tmp_path, monkeypatch):
     (data_dir / "manifest.json").write_text(json.dumps({"subsets": {"r100": {
         "rows": 100, "docs": 100, "sequences": 40, "tokens": 40000, "loss_tokens": 30000, "pack_efficiency": 0.98}}}))
     (data_dir / "_SUCCESS").write_text("{}")
-    plan = plan_spec_file(DEMO, node=H100, storage_root=str(tmp_path / "runs"))
+    plan = estimate_spec_file(DEMO, node=H100, storage_root=str(tmp_path / "runs"))
     r100 = next(t for t in plan.train if t.subset == "r100")
     assert (r100.tokens_per_epoch, r100.tokens_source) == (40000, "manifest")
 

@@ -18,7 +18,7 @@ from valley.experiment.executor import (
     fits,
     priorities,
 )
-from valley.experiment.plan import Node, StudyGraph, plan_rows
+from valley.experiment.graph import Node, StudyGraph, plan_rows
 from valley.experiment.status import StudyStatus, read_study, status_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_paper_graph_nodes_and_edges():
 def test_train_takes_max_seq_len_from_data_when_unset(tmp_path):
     import yaml
 
-    from valley.experiment.plan import train_fields
+    from valley.experiment.graph import train_fields
 
     data = yaml.safe_load((REPO / "jobs" / "configs" / "demo.yaml").read_text())
     data["train"].pop("max_seq_len", None)
@@ -257,7 +257,7 @@ def test_partial_report_covers_the_finished_evaluations(tmp_path):
 
     from valley import schemas
     from valley.experiment.command import partial_report
-    from valley.experiment.plan import EvalRun
+    from valley.experiment.graph import EvalRun
     from valley.experiment.spec import ExperimentSpec
     from valley.storage import Storage
 

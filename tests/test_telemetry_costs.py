@@ -1,11 +1,11 @@
-"""Per-stage cost records (valley/costs.py) and report.md's cost table (report/costs.py)."""
+"""Per-stage cost records (valley/experiment/cost_ledger.py) and report.md's cost table (report/cost_table.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from valley import costs
-from valley.report.costs import cost_table
+from valley.experiment import cost_ledger
+from valley.report.cost_table import cost_table
 
 
 @dataclass
@@ -20,11 +20,11 @@ class _Cfg:
 
 
 def test_ledger_keeps_the_timing_of_the_run_that_did_the_work(storage):
-    ledger = costs.CostLedger(storage, "exp")
+    ledger = cost_ledger.CostLedger(storage, "exp")
     ledger.record("train", "exp-r100", 120.0, cpus=16, gpus=8, skipped=False)
     ledger.record("train", "exp-r100", 0.5, cpus=16, gpus=8, skipped=True)  # resumed: already finished
     ledger.record("grade", "exp-r100", 30.0, cpus=64, gpus=0, skipped=True)  # finished before any ledger
-    again = costs.CostLedger(storage, "exp")  # persisted after every record
+    again = cost_ledger.CostLedger(storage, "exp")  # persisted after every record
     rows = {r["stage"]: r for r in again.rows()}
     assert rows["train"]["wall_s"] == 120.0 and rows["train"]["gpu_s"] == 960.0 and rows["train"]["core_s"] == 1920.0
     assert rows["grade"]["timed_when_skipped"] is True
@@ -37,13 +37,13 @@ def test_timed_records_only_inside_valley_run(storage):
         calls.append(cfg.name)
         return _Result()
 
-    assert costs.timed("data", stage, _Cfg("d"), storage).skipped is False  # no active ledger: nothing kept
-    ledger = costs.CostLedger(storage, "exp")
-    costs.activate(ledger)
+    assert cost_ledger.timed("data", stage, _Cfg("d"), storage).skipped is False  # no active ledger: nothing kept
+    ledger = cost_ledger.CostLedger(storage, "exp")
+    cost_ledger.activate(ledger)
     try:
-        costs.timed("data", stage, _Cfg("d"), storage)
+        cost_ledger.timed("data", stage, _Cfg("d"), storage)
     finally:
-        costs.activate(None)
+        cost_ledger.activate(None)
     assert calls == ["d", "d"] and [r["run"] for r in ledger.rows()] == ["d"]
 
 
@@ -52,10 +52,10 @@ def test_reserved_resources_per_stage():
     from valley.train.config import TrainConfig
 
     train = TrainConfig(data="-", model="-", num_workers=8, use_gpu=True, cpus_per_worker=8)
-    assert costs.reserved("train", train) == (64.0, 8.0)
+    assert cost_ledger.reserved("train", train) == (64.0, 8.0)
     gen = GenerateConfig(model="-", problems=["-"], backend="vllm",
                          pool={"replicas": 4, "tensor_parallel_size": 2, "num_cpus": 4})
-    assert costs.reserved("generate", gen) == (16.0, 8.0)
+    assert cost_ledger.reserved("generate", gen) == (16.0, 8.0)
 
 
 def test_cost_table_rows_and_totals():

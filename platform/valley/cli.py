@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_stage(stage: str, cfg_path: str | None, overrides: list[str], storage_root: str) -> Any:
+def run_stage_from_config(stage: str, cfg_path: str | None, overrides: list[str], storage_root: str) -> Any:
     from valley import config as config_mod
     from valley.storage import Storage
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(f"valley.{'imports' if args.command == 'import' else 'decontam'}.command")
             result = module.run_from_args(args)
         else:
-            result = run_stage(args.command, args.config, args.overrides, args.storage)
+            result = run_stage_from_config(args.command, args.config, args.overrides, args.storage)
         from valley.stage import located
         from valley.storage import Storage
 

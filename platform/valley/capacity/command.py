@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from valley.capacity.assumptions import Assumptions
 
 if TYPE_CHECKING:
-    from valley.capacity.plan import StudyPlan
+    from valley.capacity.estimate import StudyEstimate
 
 
 def add_plan_flags(p: argparse.ArgumentParser) -> None:
@@ -29,18 +29,18 @@ def add_plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan-json", default=None, metavar="PATH", help="also write the plan as JSON here")
 
 
-def plan_from_args(args: argparse.Namespace) -> StudyPlan:
+def plan_from_args(args: argparse.Namespace) -> StudyEstimate:
     from valley.capacity.cluster import resolve_node
-    from valley.capacity.plan import plan_spec_file
+    from valley.capacity.estimate import estimate_spec_file
 
     node = resolve_node(args.cluster, args.gpus_per_node, args.gpu_mem, args.gpu_name)
     assumptions = Assumptions(mfu=args.mfu, gen_tokens_per_s=args.gen_tokens_per_s,
                               tokens_per_trace=args.tokens_per_trace, problems=args.problems)
-    return plan_spec_file(args.spec, args.overrides, node=node, assumptions=assumptions,
+    return estimate_spec_file(args.spec, args.overrides, node=node, assumptions=assumptions,
                           storage_root=getattr(args, "storage", None))
 
 
-def print_plan(plan: StudyPlan, args: argparse.Namespace, as_json: bool = False) -> None:
+def print_plan(plan: StudyEstimate, args: argparse.Namespace, as_json: bool = False) -> None:
     from valley.capacity.render import render_plan
 
     data = plan.as_dict()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from valley.capacity.plan import StudyPlan
+from valley.capacity.estimate import StudyEstimate
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -24,7 +24,7 @@ def _fix_text(fix: dict | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in (fix or {}).get("set", {}).items()) or "?"
 
 
-def render_plan(plan: StudyPlan) -> str:
+def render_plan(plan: StudyEstimate) -> str:
     node, a = plan.node, plan.assumptions
     parts = [f"valley plan: {plan.experiment} on {node['gpus_per_node']}x {node['gpu_name']} "
              f"({node['gpu_mem_gib']:g} GiB each) per node ({node['node_type']})"]

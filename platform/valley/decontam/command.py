@@ -22,7 +22,8 @@ def add_decontam_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser]
 
 def run_from_args(args: argparse.Namespace) -> Any:
     from valley import config as config_mod
-    from valley.decontam.stage import DecontamConfig, run_decontam
+    from valley.decontam.config import DecontamConfig
+    from valley.decontam.stage import run_decontam
     from valley.storage import Storage
 
     data = config_mod.load_yaml(args.config) if args.config else {}

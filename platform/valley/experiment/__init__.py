@@ -1,7 +1,7 @@
 """The paper's study as one spec: validated (`spec`), planned as a graph of stage runs (`plan`), run across
 the cluster (`executor`, `stages`, `runner`), and followed from anywhere that sees the storage (`status`)."""
 
-from valley.experiment.plan import EvalRun, Node, StudyGraph, epoch_runs, plan_study
+from valley.experiment.graph import EvalRun, Node, StudyGraph, epoch_runs, plan_study
 from valley.experiment.runner import ExperimentResult, StudyFailed, run_experiment, run_experiment_file
 from valley.experiment.spec import ExperimentSpec, StudentSpec, StudySpec, load_spec, resolve_local_paths
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from valley.errors import ConfigError
-from valley.experiment.plan import StudyGraph, plan_rows
+from valley.experiment.graph import StudyGraph, plan_rows
 from valley.experiment.status import counts, driver_state, experiments, read_study, status_rows
 from valley.storage import Storage
 
@@ -76,7 +76,7 @@ def status_main(args: argparse.Namespace) -> int:
 
 def partial_report(storage: Storage, experiment: str | None) -> dict[str, Any]:
     """A report over whatever evaluations of a study have finished, as its own report run (`<experiment>-partial`)."""
-    from valley.experiment import stages
+    from valley.experiment import nodes
     from valley.experiment.spec import ExperimentSpec
     from valley.experiment.status import finished_outputs
 
@@ -86,6 +86,6 @@ def partial_report(storage: Storage, experiment: str | None) -> dict[str, Any]:
     graph, records, _ = read_study(storage, names[0])
     spec = ExperimentSpec.model_validate(storage.read_json("experiments", names[0], "study", "spec.json"))
     outputs = finished_outputs(records)
-    if not stages.graded_outputs(graph, outputs):
+    if not nodes.graded_outputs(graph, outputs):
         raise ConfigError(f"no evaluation of {names[0]} has finished grading yet; nothing to report")
-    return stages.run_report(spec, graph, storage, outputs, name=f"{names[0]}-partial")
+    return nodes.run_report_node(spec, graph, storage, outputs, name=f"{names[0]}-partial")

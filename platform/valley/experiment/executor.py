@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from valley.experiment.plan import Node, StudyGraph
+from valley.experiment.graph import Node, StudyGraph
 from valley.experiment.status import StudyStatus
 
 

@@ -14,11 +14,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from valley import costs
 from valley.errors import ValleyError
-from valley.experiment import stages
+from valley.experiment import cost_ledger, nodes
 from valley.experiment.executor import Outcome, StudyExecutor, default_limits
-from valley.experiment.plan import StudyGraph, plan_study
+from valley.experiment.graph import StudyGraph, plan_study
 from valley.experiment.spec import ExperimentSpec, load_spec
 from valley.experiment.status import StudyStatus, status_rows
 from valley.storage import Storage
@@ -98,12 +97,12 @@ def execute(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, live: boo
                 + ", ".join(f"{k} {'unlimited' if v is None else v}" for k, v in limits.items()))
 
     def run(node: Any, inputs: Any, context: Any) -> dict[str, Any]:
-        return stages.run_node(spec, graph, node, storage, inputs, context)
+        return nodes.run_node(spec, graph, node, storage, inputs, context)
 
     show = console.is_terminal if live is None else live
     executor = StudyExecutor(graph, run, limits, status)
-    ledger = costs.CostLedger(storage, spec.experiment)  # stage timings for the report's cost table
-    costs.activate(ledger)
+    ledger = cost_ledger.CostLedger(storage, spec.experiment)  # stage timings for the report's cost table
+    cost_ledger.activate(ledger)
     try:
         if show:
             with Live(_live_table(graph, status), console=console, refresh_per_second=1) as view:
@@ -115,7 +114,7 @@ def execute(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, live: boo
         status.driver("interrupted")
         raise
     finally:
-        costs.activate(None)
+        cost_ledger.activate(None)
     status.driver("failed" if outcome.failed else "finished")
     return outcome
 

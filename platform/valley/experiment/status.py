@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from valley.experiment.plan import EvalRun, Node, StudyGraph
+from valley.experiment.graph import EvalRun, Node, StudyGraph
 from valley.storage import Storage
 
 STATES = ("queued", "running", "done", "failed", "skipped")

@@ -21,11 +21,11 @@ from typing import Any, ClassVar
 from valley import schemas
 from valley.errors import ConfigError
 from valley.generate import context
-from valley.generate import problems as problems_mod
 from valley.generate.backends.base import Request, sample_seed
 from valley.generate.config import GenerateConfig
 from valley.generate.pool import run_pool
 from valley.generate.prompts import render_prompt
+from valley.generate.selection import load_problems, problems_table
 from valley.generate.writer import SAMPLES_DIR, SampleWriter, finished_keys
 from valley.stage import StageResult, run_stage
 from valley.storage import Storage
@@ -115,12 +115,12 @@ def _generate(cfg: GenerateConfig, storage: Storage, out: str) -> GenerateResult
     """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
     started = time.perf_counter()
     run_id = cfg.resolved_run_id()
-    selection = problems_mod.load_problems(cfg.problems, cfg.filters, cfg.problem_metadata)
+    selection = load_problems(cfg.problems, cfg.filters, cfg.problem_metadata)
     problems = selection.problems
     if not problems:
         raise ConfigError(f"the filters left no problems to generate for: {selection.summary()}")
     window = context.check_model_context(cfg)  # before any engine loads: the budget must fit the model
-    storage.write_parquet(problems_mod.problems_table(problems), out, "problems.parquet", schema=schemas.PROBLEMS)
+    storage.write_parquet(problems_table(problems), out, "problems.parquet", schema=schemas.PROBLEMS)
     storage.write_json(selection.summary(), out, "selection.json")
 
     prompts = render_prompts(cfg, problems)

@@ -29,7 +29,7 @@ import ray
 
 from valley.grade.config import SandboxSettings
 from valley.grade.extract import extract_code
-from valley.grade.runner import Grader
+from valley.grade.grader import Grader
 from valley.grade.sandbox import Limits, SandboxError
 from valley.problems import TestSpec
 from valley.storage import Storage

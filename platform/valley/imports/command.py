@@ -37,7 +37,7 @@ def add_import_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], 
 def config_from_args(args: argparse.Namespace) -> Any:
     from valley import config as config_mod
     from valley.errors import ConfigError
-    from valley.imports.stage import ImportConfig
+    from valley.imports.config import ImportConfig
 
     if args.models and len(args.models) != len(args.files):
         raise ConfigError(f"--model given {len(args.models)} times for {len(args.files)} files; give one per file")

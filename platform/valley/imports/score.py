@@ -13,7 +13,8 @@ from pydantic import BaseModel
 from valley.errors import ConfigError
 from valley.grade.config import GradeConfig
 from valley.grade.stage import GradeResult, run_grade
-from valley.imports.stage import ImportConfig, ImportResult, run_import
+from valley.imports.config import ImportConfig
+from valley.imports.stage import ImportResult, run_import
 from valley.report.config import ReportConfig, RunSpec
 from valley.report.stage import ReportResult, run_report
 from valley.storage import Storage

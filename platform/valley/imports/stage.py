@@ -14,57 +14,20 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from valley import schemas
-from valley.config import StageConfig
 from valley.errors import ConfigError, InputError
-from valley.imports.formats import ParsedFile, model_from_path, parse_file
+from valley.imports.config import ImportConfig
+from valley.imports.formats import ParsedFile, parse_file
 from valley.problems import load_lcb_problems
 from valley.stage import StageResult, run_stage
 from valley.storage import Storage
 
 STAGE = "import"
 SAMPLES_DIR = "samples"
-
-
-class ImportInput(BaseModel):
-    """One file = one run. `model` is the run label (default: from the file name)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str
-    format: Literal["auto", "lcb", "skythought", "jsonl"] = "auto"
-    model: str | None = None
-    temperature: str | None = None  # SkyThought files with results for several temperatures
-
-    def label(self) -> str:
-        return self.model or model_from_path(self.path)
-
-
-class ImportConfig(StageConfig):
-    """`valley import`: turn existing generations into a samples table for grade and report."""
-
-    inputs: list[ImportInput] = Field(min_length=1)
-    problems: list[str] = []  # LCB problem files (jsonl/json, .gz ok) supplying the tests to grade against
-    response_from: Literal["output", "code"] = "output"  # lcb_runner: raw output_list, or code_list fenced
-    problem_sample: int | None = Field(default=None, ge=1)  # per file: this many problems, seeded choice
-    question_ids: list[str] | None = None  # keep only these problems
-    seed: int = 0
-    part_size: int = Field(default=2048, ge=1)
-
-    hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "part_size"})
-
-    @model_validator(mode="after")
-    def _unique_labels(self) -> ImportConfig:
-        labels = [i.label() for i in self.inputs]
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
-        if dupes:
-            raise ValueError(f"two inputs share the run label(s) {dupes}; set `model` for each input")
-        return self
 
 
 class ImportResult(StageResult):
@@ -148,7 +111,7 @@ def run_summary(parsed: ParsedFile, run_id: str, known: set[str] | None) -> dict
     }
 
 
-def problems_table(paths: list[str], attrs: dict[str, dict[str, Any]]) -> pa.Table:
+def imported_problems_table(paths: list[str], attrs: dict[str, dict[str, Any]]) -> pa.Table:
     """The LCB problems that were imported, with platform/contest fields the LCB file lacks taken from
     the imported records (the LCB row's own values win)."""
     table = load_lcb_problems(paths)
@@ -190,7 +153,7 @@ def _import(cfg: ImportConfig, storage: Storage, out: str) -> ImportResult:
                 entry.setdefault(k, v)
     problems_path = None
     if cfg.problems:
-        table = problems_table(cfg.problems, attrs)
+        table = imported_problems_table(cfg.problems, attrs)
         storage.write_parquet(table, out, "problems.parquet", schema=schemas.PROBLEMS)
         problems_path = f"{out}/problems.parquet"
         known = set(table.column("question_id").to_pylist())

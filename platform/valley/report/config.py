@@ -48,7 +48,7 @@ class ReportConfig(StageConfig):
     scaling_subset: str = "random"  # runs of this subset form Table 1 and the valley curve
     fit_metric: str = "pass@1"
     parallel: bool = True  # one Ray task per run when Ray is initialised
-    # stage timings recorded by `valley run` (valley/costs.py) for report.md's cost table
+    # stage timings recorded by `valley run` (valley/experiment/cost_ledger.py) for report.md's cost table
     costs: list[dict[str, Any]] = Field(default_factory=list)
 
     hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "parallel"})

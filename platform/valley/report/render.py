@@ -10,7 +10,7 @@ import datetime as dt
 
 import polars as pl
 
-from valley.report import costs, plots, tables
+from valley.report import cost_table, plots, tables
 from valley.report.agreement import Agreement
 from valley.report.config import CORE_METRICS, ReportConfig
 from valley.storage import Storage
@@ -92,7 +92,7 @@ def write_report(cfg: ReportConfig, storage: Storage, out: str, results: pl.Data
         agreement_path = f"{out}/agreement.parquet"
         storage.write_parquet(agree.disagreements, out, "agreement.parquet")
     if cfg.costs:
-        markdown += "\n## Cost per stage and run\n\n" + costs.cost_table(cfg.costs) + "\n\nCore- and GPU-hours are " \
-            "wall time × the CPUs and GPUs the stage held (reserved capacity, see valley/costs.py).\n"
+        markdown += "\n## Cost per stage and run\n\n" + cost_table.cost_table(cfg.costs) + "\n\nCore- and GPU-hours are " \
+            "wall time × the CPUs and GPUs the stage held (reserved capacity, see valley/experiment/cost_ledger.py).\n"
     storage.write_text(markdown, out, "report.md")
     return plot_files, agreement_path

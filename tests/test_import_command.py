@@ -11,8 +11,9 @@ import pytest
 
 from valley import schemas
 from valley.errors import InputError
+from valley.imports.config import ImportConfig, ImportInput
 from valley.imports.formats import fenced, model_from_path, parse_file
-from valley.imports.stage import ImportConfig, ImportInput, run_import
+from valley.imports.stage import run_import
 from valley.report.agreement import failing_test_is_public
 
 VERDICT_FILES = "lcb_verdicts/*_eval_all.json.gz"

@@ -18,7 +18,7 @@ def _hours(seconds: float) -> str:
 
 
 def cost_table(costs: list[dict[str, Any]]) -> str:
-    """Markdown: one row per stage run (as `valley.costs` records them), then one total per stage and
+    """Markdown: one row per stage run (as `valley.experiment.cost_ledger` records them), then one total per stage and
     the study's total. Core/GPU-hours are reserved capacity × wall time."""
     if not costs:
         return "_No stage timings recorded (stages run outside `valley run`)._"

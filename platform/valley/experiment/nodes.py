@@ -13,9 +13,9 @@ from typing import Any
 
 from rich.console import Console
 
-from valley import costs
+from valley.experiment import cost_ledger
 from valley.experiment.executor import NodeContext, UpstreamFailed
-from valley.experiment.plan import EvalRun, Node, StudyGraph, train_fields
+from valley.experiment.graph import EvalRun, Node, StudyGraph, train_fields
 from valley.experiment.spec import ExperimentSpec
 from valley.storage import Storage, stage_dir
 
@@ -27,7 +27,7 @@ def _student(spec: ExperimentSpec, name: str | None) -> Any:
     return next(s for s in spec.students if s.name == name)
 
 
-def run_data(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
+def run_data_node(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
              context: NodeContext) -> Outputs:
     from valley.data.config import DataConfig, SubsetSpec
     from valley.data.stage import run_data as stage
@@ -41,24 +41,24 @@ def run_data(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping
                       joins=[])
     cfg = DataConfig(name=node.name, tokenizer=student.tokenizer or student.model,
                      subsets=[SubsetSpec(**s) for s in node.params["subsets"]], **fields)
-    result = costs.timed("data", stage, cfg, storage)
+    result = cost_ledger.timed("data", stage, cfg, storage)
     console.log(f"[data] {node.name}: accepted {result.accepted}, rejected {result.rejected}")
     return {"stage_dir": result.stage_dir}
 
 
-def run_label(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
+def run_label_node(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
               context: NodeContext) -> Outputs:
     from valley.grade.config import LabelConfig
     from valley.grade.label import run_label as stage
 
     traces = f"{inputs[node.params['data']]['stage_dir']}/traces"
-    result = costs.timed("label", stage, LabelConfig(name=node.name, traces=traces, **(spec.label or {})), storage)
+    result = cost_ledger.timed("label", stage, LabelConfig(name=node.name, traces=traces, **(spec.label or {})), storage)
     console.log(f"[label] {node.name}: correct={result.correct} incorrect={result.incorrect} "
                 f"no_tests={result.no_tests}")
     return {"stage_dir": result.stage_dir, "traces": result.traces_dir}
 
 
-def run_train(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
+def run_train_node(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
               context: NodeContext) -> Outputs:
     from valley.train.config import TrainConfig
     from valley.train.stage import run_train as stage
@@ -68,13 +68,13 @@ def run_train(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mappin
     start = storage.uri(inputs[p["start"]]["model"]) if p["start"] else _student(spec, node.student).model
     cfg = TrainConfig(name=node.name, data=inputs[p["data"]]["stage_dir"], subset=p["subset"], model=start,
                       export_every_epoch=p["per_epoch"], **train_fields(spec))
-    result = costs.timed("train", stage, cfg, storage)
+    result = cost_ledger.timed("train", stage, cfg, storage)
     console.log(f"[train] {node.name}: {result.steps} steps, final loss {result.final_loss}")
     return {"stage_dir": result.stage_dir, "model": result.model_dir,
             "epochs": {str(k): v for k, v in result.epoch_model_dirs.items()}}
 
 
-def run_generate(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
+def run_generate_node(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
                  context: NodeContext) -> Outputs:
     """Announces where the samples will appear before generating, so grading can follow them."""
     from valley.generate.config import GenerateConfig
@@ -91,12 +91,12 @@ def run_generate(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Map
     cfg = GenerateConfig(name=node.name, model=model, run_id=p["run_id"], **spec.generate_fields(node.student))
     out = stage_dir(STAGE, cfg.name, cfg.config_hash())
     context.announce({"stage_dir": out, "samples": f"{out}/{SAMPLES_DIR}", "problems": f"{out}/problems.parquet"})
-    result = costs.timed("generate", stage, cfg, storage)
+    result = cost_ledger.timed("generate", stage, cfg, storage)
     console.log(f"[generate] {p['run_id']}: {result.n_samples} samples, finish {result.finish_reasons}")
     return {"stage_dir": result.stage_dir, "samples": result.samples, "problems": result.problems}
 
 
-def run_grade(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
+def run_grade_node(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
               context: NodeContext) -> Outputs:
     """Grade a generate run's samples; when the generation is still running, follow it: grade its sample
     parts as they are written (the same batches as afterwards) and finish once it has finished."""
@@ -117,7 +117,7 @@ def run_grade(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mappin
             return state == "done"
 
     cfg = GradeConfig(name=node.name, samples=gen["samples"], problems=gen["problems"], **spec.grade)
-    result = costs.timed("grade", lambda c, st: stage(c, st, follow=follow), cfg, storage)
+    result = cost_ledger.timed("grade", lambda c, st: stage(c, st, follow=follow), cfg, storage)
     console.log(f"[grade] {node.params['run_id']}: {result.counts}")
     return {"stage_dir": result.stage_dir, "verdicts": result.verdicts_dir, "samples": gen["samples"],
             "problems": gen["problems"]}
@@ -162,14 +162,14 @@ def graded_outputs(graph: StudyGraph, outputs: Mapping[str, Outputs]) -> dict[st
             if nid in nodes and nodes[nid].kind == "grade"}
 
 
-def run_report(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, outputs: Mapping[str, Outputs],
+def run_report_node(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, outputs: Mapping[str, Outputs],
                name: str | None = None) -> Outputs:
     """The report over every finished evaluation (all of them, unless called for a partial report)."""
     from valley.report.config import ReportConfig
     from valley.report.stage import run_report as stage
 
     specs = run_specs(graph.runs, graded_outputs(graph, outputs))
-    ledger = costs.CostLedger(storage, spec.experiment)
+    ledger = cost_ledger.CostLedger(storage, spec.experiment)
     fields = {"max_tokens": report_max_tokens(spec), "costs": ledger.rows(), **spec.report}
     result = stage(ReportConfig(name=name or spec.experiment, experiment=spec.experiment, runs=specs, **fields),
                    storage)
@@ -178,12 +178,12 @@ def run_report(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, output
             "plots": list(result.plots), "runs": specs}
 
 
-RUNNERS = {"data": run_data, "label": run_label, "train": run_train, "generate": run_generate, "grade": run_grade}
+RUNNERS = {"data": run_data_node, "label": run_label_node, "train": run_train_node, "generate": run_generate_node, "grade": run_grade_node}
 
 
 def run_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
              outputs: Mapping[str, Outputs], context: NodeContext) -> Outputs:
     """Run one node, given the outputs of its finished dependencies."""
     if node.kind == "report":
-        return run_report(spec, graph, storage, outputs)
+        return run_report_node(spec, graph, storage, outputs)
     return RUNNERS[node.kind](spec, node, storage, {d: outputs[d] for d in node.deps if d in outputs}, context)

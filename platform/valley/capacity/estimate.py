@@ -21,8 +21,7 @@ from typing import Any
 from valley.capacity.assumptions import Assumptions
 from valley.capacity.cluster import GpuNode
 from valley.capacity.memory import GIB, ModelShape, RankMemory, packed_length, rank_memory, resolve_attn
-from valley.experiment.plan import StudyGraph, train_config
-from valley.experiment.plan import plan_study as study_graph
+from valley.experiment.graph import StudyGraph, plan_study, train_config
 from valley.train.config import TrainConfig
 from valley.train.flops import PEAK_BF16_TFLOPS, train_flops
 
@@ -58,7 +57,7 @@ LCB_RELEASE_PROBLEMS = {"release_v1": 400, "release_v2": 511, "release_v3": 612,
 
 
 @dataclass
-class TrainPlan:
+class TrainEstimate:
     student: str
     run: str
     subset: str
@@ -81,7 +80,7 @@ class TrainPlan:
 
 
 @dataclass
-class EvalPlan:
+class EvalEstimate:
     run: str
     problems: int
     samples: int
@@ -92,12 +91,12 @@ class EvalPlan:
 
 
 @dataclass
-class StudyPlan:
+class StudyEstimate:
     experiment: str
     node: dict[str, Any]
     assumptions: dict[str, Any]
-    train: list[TrainPlan] = field(default_factory=list)
-    evaluate: list[EvalPlan] = field(default_factory=list)
+    train: list[TrainEstimate] = field(default_factory=list)
+    evaluate: list[EvalEstimate] = field(default_factory=list)
     totals: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -283,11 +282,11 @@ def fix_for(shape: ModelShape, cfg: TrainConfig, world: int, node: GpuNode, usab
 # ---------------------------------------------------------------- the plan
 
 
-def plan_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
-               storage_root: str | None = None) -> StudyPlan:
+def estimate_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
+               storage_root: str | None = None) -> StudyEstimate:
     """The whole study's plan (pure apart from reading configs, manifests, samples and a corpus sample)."""
     a = assumptions or Assumptions()
-    plan = StudyPlan(experiment=spec.experiment, node=asdict(node), assumptions=asdict(a))
+    plan = StudyEstimate(experiment=spec.experiment, node=asdict(node), assumptions=asdict(a))
     base_cfg = train_config(spec)
     world = base_cfg.num_workers
     nodes = math.ceil(world / node.gpus_per_node)
@@ -295,7 +294,7 @@ def plan_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
     usable = int(node.gpu_mem_gib * GIB * (1 - a.reserve_fraction))
     shapes: dict[str, ModelShape] = {}
     per_trace_cache: dict[str, tuple[float, str]] = {}
-    graph = study_graph(spec)
+    graph = plan_study(spec)
     for run in train_runs(spec, graph):
         student = run.student
         if student.name not in shapes:
@@ -329,7 +328,7 @@ def plan_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
         mem = rank_memory(shape, base_cfg, world, gpus_per_node=node.gpus_per_node,
                           trained_fraction=min(1.0, loss_tokens / max(tokens, 1)) if source == "manifest" else 1.0)
         fits = mem.total <= usable
-        plan.train.append(TrainPlan(
+        plan.train.append(TrainEstimate(
             student=student.name, run=f"{student.name}-{run.tag}", subset=run.subset, traces=run.traces,
             tokens_per_epoch=tokens, tokens_source=source, epochs=base_cfg.epochs, steps=steps, gpus=world,
             nodes=nodes, flops=flops, gpu_hours=gpu_hours, wall_hours=gpu_hours / world,
@@ -344,7 +343,7 @@ def plan_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
     plan.notes.append(f"problems per evaluation: {problems} ({problems_source})")
     for run_id in eval_runs(graph):
         tokens = problems * n * expected
-        plan.evaluate.append(EvalPlan(run=run_id, problems=problems, samples=problems * n, expected_tokens=expected,
+        plan.evaluate.append(EvalEstimate(run=run_id, problems=problems, samples=problems * n, expected_tokens=expected,
                                       length_source=length_source, tokens=tokens,
                                       gpu_hours=tokens / a.gen_tokens_per_s / 3600))
     train_h = sum(t.gpu_hours for t in plan.train)
@@ -360,9 +359,9 @@ def _gib(mem: RankMemory) -> dict[str, float | None]:
     return {k: (round(v / GIB, 2) if isinstance(v, int) else v) for k, v in mem.as_dict().items()}
 
 
-def plan_spec_file(path: str, overrides: list[str] | None = None, *, node: GpuNode,
-                   assumptions: Assumptions | None = None, storage_root: str | None = None) -> StudyPlan:
+def estimate_spec_file(path: str, overrides: list[str] | None = None, *, node: GpuNode,
+                   assumptions: Assumptions | None = None, storage_root: str | None = None) -> StudyEstimate:
     """Load an experiment spec as `valley run` does and plan it."""
     from valley.experiment import load_spec
 
-    return plan_study(load_spec(path, overrides or []), node, assumptions, storage_root)
+    return estimate_study(load_spec(path, overrides or []), node, assumptions, storage_root)

@@ -124,5 +124,5 @@ def test_generate_does_not_import_grade():
 def test_problem_formats_are_a_bottom_layer_module():
     graph = import_graph()
     assert graph["valley.problems"] <= BOTTOM, graph["valley.problems"]
-    assert "valley.problems" in graph["valley.generate.problems"]
+    assert "valley.problems" in graph["valley.generate.selection"]
     assert "valley.problems" in graph["valley.grade.stage"]

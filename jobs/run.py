@@ -1,11 +1,11 @@
 """Ray job entrypoint of a whole experiment (data → label → train → generate → grade → report).
 
-    ray job submit --working-dir . -- python jobs/run_experiment.py jobs/configs/demo.yaml \
+    ray job submit --working-dir . -- python jobs/run.py jobs/configs/demo.yaml \
         --storage runs/demo --chdir "$PWD"
     ray job submit --working-dir . --runtime-env-json '{"env_vars": {"VALLEY_STORAGE": "s3://bucket/runs"}}' \
-        -- python jobs/run_experiment.py jobs/configs/paper.yaml
+        -- python jobs/run.py jobs/configs/paper.yaml
 
-`--chdir DIR` runs the job in DIR (see jobs/prepare_data.py); paper.yaml's paths are absolute already.
+`--chdir DIR` runs the job in DIR (see jobs/data.py); paper.yaml's paths are absolute already.
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Ray job entrypoint of the data stage.
 
-    ray job submit --working-dir . -- python jobs/prepare_data.py jobs/configs/data_demo.yaml \
+    ray job submit --working-dir . -- python jobs/data.py jobs/configs/data_demo.yaml \
         --storage runs/jobs --chdir "$PWD"
 
 `--chdir DIR` (every entrypoint here) runs the job in DIR, so relative paths resolve as they do in your
