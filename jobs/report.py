@@ -1,6 +1,8 @@
-"""Ray job entrypoint of the report stage.
+"""Ray job entrypoint of the report stage: over the finished evaluations of a `valley run` study, or over the
+runs a ReportConfig YAML lists (`experiment`, `runs`: each with its samples, verdicts and problems).
 
-    ray job submit --working-dir . -- python jobs/report.py jobs/configs/report.yaml --storage s3://bucket/runs
+    ray job submit --working-dir . -- python jobs/report.py --partial --experiment valley-paper --storage s3://bucket/runs
+    ray job submit --working-dir . -- python jobs/report.py my_report.yaml --storage s3://bucket/runs
 """
 
 import sys

@@ -33,6 +33,11 @@ class StageConfig(BaseModel):
     # hashed (None = take the value from an earlier stage's output, which the hash already names).
     hash_exclude_if_none: ClassVar[frozenset[str]] = frozenset()
 
+    def run_resources(self) -> dict[str, float]:
+        """What one run holds on the cluster for its whole length, as one request (a placement group, a pool
+        of replicas). Empty: the stage spreads short tasks over whatever CPUs (or `grader` slots) are free."""
+        return {}
+
     def config_hash(self) -> str:
         """sha256 over the canonical JSON of every field that can change the outputs."""
         unset = {f for f in self.hash_exclude_if_none if getattr(self, f) is None}
@@ -91,8 +96,3 @@ def load(model: type[C], path: str | Path | None = None, overrides: list[str] | 
     data = load_yaml(path) if path else {}
     data = apply_overrides(data, overrides or [])
     return build(model, data, source=str(path or "<overrides>"))
-
-
-def dump_yaml(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -24,6 +26,20 @@ from valley.errors import ConfigError
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 JOB_DIR_ENV = "VALLEY_JOB_DIR"  # set by `--chdir`; Ray workers of the job start there too
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # what Ray's job supervisor gives the entrypoint
+
+
+def extensions_dir() -> Path:
+    """Where JIT-built torch extensions go (DeepSpeed's ops, valley.train.ops): `$TORCH_EXTENSIONS_DIR` if the user set it, else inside the
+    environment (`<venv>/torch_extensions`), so nodes sharing a home directory never share build locks."""
+    explicit = os.environ.get("TORCH_EXTENSIONS_DIR")
+    return Path(explicit) if explicit else Path(sys.prefix) / "torch_extensions"
+
+
+def set_extensions_dir() -> Path:
+    """Point torch's cpp_extension at `extensions_dir()` for this process and the processes it starts."""
+    path = extensions_dir()
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(path)
+    return path
 
 
 def init(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True, **kwargs: Any) -> dict:
@@ -55,8 +71,6 @@ def init(address: str | None = None, *, num_cpus: int | None = None, quiet: bool
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     # JIT-built torch extensions (and their build locks) live inside this environment, not the user's home;
     # set before ray.init so an embedded cluster's workers inherit it (valley.train.ops)
-    from valley.train.ops import set_extensions_dir
-
     set_extensions_dir()
     from ray.exceptions import AuthenticationError
 

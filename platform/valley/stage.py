@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
+from valley import legacy
 from valley.storage import SUCCESS, Storage, stage_dir
 
 __all__ = ["StageResult", "located", "run_stage"]
@@ -30,8 +31,6 @@ class StageResult(BaseModel):
 
     # fields holding root-relative paths besides stage_dir (a str, a list or dict of str, or None)
     path_fields: ClassVar[tuple[str, ...]] = ()
-    # field names of markers written before a rename: old -> new
-    renamed_fields: ClassVar[dict[str, str]] = {}
     # what a skipped run reports differently from the run that did the work
     on_skip: ClassVar[dict[str, Any]] = {}
 
@@ -42,48 +41,19 @@ class StageResult(BaseModel):
     @classmethod
     def finished(cls: type[R], summary: dict[str, Any], out: str) -> R:
         """The result of a complete run from its marker's summary, old shapes included (see module doc)."""
-        data = dict(summary)
-        for old, new in cls.renamed_fields.items():
-            if old in data:
-                value = data.pop(old)
-                data.setdefault(new, value)
+        data = legacy.renamed_result_fields(summary)
         data["stage_dir"] = out  # where the marker was found: right even if the root has moved since
         for name in cls.path_fields:
             if name in data:
-                data[name] = _under_stage(data[name], out)
+                data[name] = legacy.paths_under_stage(data[name], out)
         return cls.model_validate({**data, **cls.on_skip, "skipped": True})
 
     def located(self, storage: Storage) -> dict[str, Any]:
         """The result for people: its paths as full locations (storage.uri) under `storage`."""
         data = self.model_dump(mode="json")
         for name in ("stage_dir", *self.path_fields):
-            data[name] = _map_paths(data.get(name), storage.uri)
+            data[name] = legacy.map_paths(data.get(name), storage.uri)
         return data
-
-
-def _map_paths(value: Any, fn: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return fn(value)
-    if isinstance(value, list):
-        return [_map_paths(v, fn) for v in value]
-    if isinstance(value, dict):
-        return {k: _map_paths(v, fn) for k, v in value.items()}
-    return value
-
-
-def _under_stage(value: Any, out: str) -> Any:
-    """Old markers held absolute paths or URIs (`<root>/<out>/...`): keep the part from `out` on."""
-
-    def rel(path: str) -> str:
-        bare = path.split("://", 1)[-1]
-        if not bare.startswith("/") and "://" not in path:
-            return path  # already root-relative
-        if bare.endswith(f"/{out}"):
-            return out
-        at = bare.rfind(f"/{out}/")
-        return bare[at + 1:] if at >= 0 else path
-
-    return _map_paths(value, rel)
 
 
 def run_stage(storage: Storage, stage: str, name: str, config_hash: str, result_type: type[R],

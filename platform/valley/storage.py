@@ -29,7 +29,7 @@ class Storage:
 
     def __init__(self, root: str, *, create: bool = True):
         if "://" in root and not root.startswith("file://"):
-            self.fs, base = pafs.FileSystem.from_uri(root)
+            self.fs, base = _filesystem(root)
             self.scheme = root.split("://", 1)[0]
             self.local = False
         else:
@@ -121,6 +121,20 @@ class Storage:
             and i.base_name.endswith(suffix)
         ]
         return sorted(names)
+
+    def list_dirs(self, *parts: str) -> list[str]:
+        """Directories directly under a directory (temporaries hidden), sorted; [] when it does not exist."""
+        base = self.path(*parts)
+        if self.fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=False))
+        return sorted(i.base_name for i in infos
+                      if i.type == pafs.FileType.Directory and not i.base_name.startswith(TMP_PREFIX))
+
+    def modified(self, *parts: str) -> float:
+        """Modification time of a file in seconds since the epoch (0 where the filesystem keeps none)."""
+        mtime = self.fs.get_file_info(self.path(*parts)).mtime
+        return mtime.timestamp() if mtime is not None else 0.0
 
     def remove(self, *parts: str) -> None:
         p = self.path(*parts)
@@ -219,6 +233,19 @@ class Storage:
 
     def success_summary(self, stage_dir: str) -> dict:
         return self.read_json(stage_dir, SUCCESS).get("summary", {})
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's own filesystem for the schemes it knows (s3, gs, hdfs, ...); any other fsspec scheme
+    (memory://, and whatever fsspec plugins are installed) through pyarrow's fsspec handler."""
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        import fsspec
+
+        scheme, _, path = uri.partition("://")
+        fs = fsspec.filesystem(scheme)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), fs._strip_protocol(uri) or path
 
 
 def stage_dir(stage: str, name: str, config_hash: str) -> str:

@@ -11,9 +11,9 @@ and is printed with the numbers it produced.
 
 from __future__ import annotations
 
-import glob
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from valley.capacity.assumptions import Assumptions
 from valley.capacity.cluster import GpuNode
 from valley.capacity.memory import GIB, ModelShape, RankMemory, packed_length, rank_memory, resolve_attn
 from valley.experiment.graph import StudyGraph, plan_study, train_config
+from valley.manifest import MANIFEST, Manifest, SubsetSummary
+from valley.storage import SUCCESS, Storage
 from valley.train.config import TrainConfig
 from valley.train.flops import PEAK_BF16_TFLOPS, train_flops
 
@@ -124,8 +126,7 @@ class TrainRun:
 def train_runs(spec: Any, graph: StudyGraph) -> list[TrainRun]:
     """The study's training runs, in the order of its graph (`experiment.plan_study`)."""
     students = {s.name: s for s in spec.students}
-    return [TrainRun(students[n.student], n.name.removeprefix(f"{spec.experiment}-{n.student}-"),
-                     n.params["subset"], n.params["size"])
+    return [TrainRun(students[n.student], n.params.tag, n.params.subset, n.params.size)  # type: ignore[union-attr]
             for n in graph.nodes if n.kind == "train"]
 
 
@@ -153,48 +154,50 @@ def model_shape(student: Any) -> tuple[ModelShape, str]:
                       f"{sorted(KNOWN_SHAPES)}; plan where the model directory is visible")
 
 
-def manifest_subsets(storage_root: str | None, experiment: str, student: str) -> dict[str, dict[str, Any]]:
-    """Subset summaries of finished data-stage runs of this experiment and student, newest last."""
-    if not storage_root or "://" in storage_root:
+def finished_runs(storage: Storage, stage: str, names: Iterable[str]) -> list[str]:
+    """Stage directories (root-relative) of finished runs of `stage` whose config name is one of `names`,
+    oldest first: `<stage>/<name>-<12 hex>` with a `_SUCCESS` marker."""
+    wanted = set(names)
+    found = []
+    for entry in storage.list_dirs(stage):
+        name, _, digest = entry.rpartition("-")
+        if name in wanted and len(digest) == 12 and storage.exists(stage, entry, SUCCESS):
+            found.append((storage.modified(stage, entry, SUCCESS), f"{stage}/{entry}"))
+    return [path for _, path in sorted(found)]
+
+
+def manifest_subsets(storage: Storage | None, graph: StudyGraph, student: str) -> dict[str, SubsetSummary]:
+    """Subset summaries of the student's finished data runs in this study (newest wins)."""
+    if storage is None:
         return {}
-    out: dict[str, dict[str, Any]] = {}
-    pattern = str(Path(storage_root) / "data" / f"{experiment}-{student}-*" / "manifest.json")
-    for path in sorted(glob.glob(pattern), key=lambda p: Path(p).stat().st_mtime):
-        if not (Path(path).parent / "_SUCCESS").exists():
-            continue
-        manifest = json.loads(Path(path).read_text())
-        out.update(manifest.get("subsets", {}))
+    names = [n.name for n in graph.nodes if n.kind == "data" and n.student == student]
+    out: dict[str, SubsetSummary] = {}
+    for run_dir in finished_runs(storage, "data", names):
+        if storage.exists(run_dir, MANIFEST):
+            out.update(Manifest.read(storage, run_dir).subsets)
     return out
 
 
 def corpus_tokens_per_trace(spec: Any, student: Any, sample_rows: int = 400) -> float | None:
-    """Mean tokens of a trace (question + response), from a sample of the first readable input file,
-    counted with the student's tokenizer when it loads here, else at 3.6 characters per token."""
+    """Mean tokens of a trace (question + response), from a sample of the first readable input file (any
+    URI the data stage reads), counted with the student's tokenizer when it loads here, else at 3.6
+    characters per token."""
     from valley.data.columns import resolve
     from valley.data.config import ColumnMapping
+    from valley.data.readers import expand_inputs, head_rows
+    from valley.errors import InputError
 
-    files = [f for pat in spec.data.get("inputs", []) for f in sorted(glob.glob(pat))]
+    data = spec.section("data")
+    try:
+        files = expand_inputs(list(data.get("inputs") or []))
+    except InputError:
+        return None
     if not files:
         return None
-    mapping = resolve(ColumnMapping(**(spec.data.get("columns") or {})))
+    mapping = resolve(ColumnMapping(**(data.get("columns") or {})))
     q_col, r_col = mapping.get("question"), mapping.get("response")
-    path = files[0]
-    rows: list[dict[str, Any]] = []
-    if path.endswith((".jsonl", ".json")):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    rows.append(json.loads(line))
-                if len(rows) >= sample_rows:
-                    break
-    elif path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-        cols = [c for c in (q_col, r_col) if c and c in pf.schema_arrow.names]
-        rows = next(pf.iter_batches(batch_size=sample_rows, columns=cols)).to_pylist()
-    texts = [f"{r.get(q_col) or ''}\n{r.get(r_col) or ''}" for r in rows if isinstance(r, dict)]
-    texts = [t for t in texts if t.strip()]
+    rows = [row for row in head_rows(files[0], sample_rows) if isinstance(row, dict)]
+    texts = [t for r in rows if (t := f"{r.get(q_col) or ''}\n{r.get(r_col) or ''}").strip()]
     if not texts:
         return None
     try:
@@ -207,40 +210,38 @@ def corpus_tokens_per_trace(spec: Any, student: Any, sample_rows: int = 400) -> 
     return sum(counts) / len(counts) + 30.0  # + the chat template's special tokens and role headers
 
 
-def count_problems(spec: Any, assumed: int | None) -> tuple[int, str]:
+def count_problems(generate: Any, assumed: int | None) -> tuple[int, str]:
+    """Problems one evaluation generates for: the flag, else those the generate stage's own selection keeps
+    (its files and filters), else the size of the LCB release the filters name."""
     if assumed:
         return assumed, "flag"
-    files = [f for pat in spec.generate.get("problems", []) for f in sorted(glob.glob(pat))]
-    n = 0
-    for f in files:
-        if f.endswith(".jsonl"):
-            with open(f, encoding="utf-8") as fh:
-                n += sum(1 for line in fh if line.strip())
-        elif f.endswith(".parquet"):
-            import pyarrow.parquet as pq
+    from valley.errors import InputError
+    from valley.generate.selection import load_problems
 
-            n += pq.ParquetFile(f).metadata.num_rows
-    if n:
-        return n, "counted (before filters)"
-    release = (spec.generate.get("filters") or {}).get("release_version", "release_v6")
+    try:
+        selection = load_problems(list(generate.problems), generate.filters, generate.problem_metadata)
+    except (InputError, OSError):
+        selection = None
+    if selection is not None and selection.problems:
+        return len(selection.problems), "selected (files and filters of the generate section)"
+    release = generate.filters.release_version or "release_v6"
     return LCB_RELEASE_PROBLEMS.get(release, 1055), f"LiveCodeBench {release} size"
 
 
-def previous_response_tokens(storage_root: str | None, experiment: str) -> float | None:
-    """Mean generated tokens over this experiment's finished generate runs, if any."""
-    if not storage_root or "://" in storage_root:
+def previous_response_tokens(storage: Storage | None, graph: StudyGraph) -> float | None:
+    """Mean generated tokens over this study's finished generate runs, if any."""
+    if storage is None:
         return None
-    import pyarrow.parquet as pq
+    from valley.generate.writer import SAMPLES_DIR
 
+    names = [n.name for n in graph.nodes if n.kind == "generate"]
     total, n = 0.0, 0
-    for run_dir in glob.glob(str(Path(storage_root) / "generate" / f"{experiment}-*")):
-        for part in glob.glob(str(Path(run_dir) / "samples" / "*.parquet")):
-            try:
-                col = pq.read_table(part, columns=["n_tokens"]).column("n_tokens").to_pylist()
-            except Exception:  # noqa: BLE001 - a foreign file in the dir: skip it
-                continue
-            total += sum(x or 0 for x in col)
-            n += len(col)
+    for run_dir in finished_runs(storage, "generate", names):
+        if not storage.list(run_dir, SAMPLES_DIR, suffix=".parquet"):
+            continue
+        col = storage.read_parquet(run_dir, SAMPLES_DIR, columns=["n_tokens"]).column("n_tokens").to_pylist()
+        total += sum(x or 0 for x in col)
+        n += len(col)
     return total / n if n else None
 
 
@@ -282,77 +283,138 @@ def fix_for(shape: ModelShape, cfg: TrainConfig, world: int, node: GpuNode, usab
 # ---------------------------------------------------------------- the plan
 
 
-def estimate_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
-               storage_root: str | None = None) -> StudyEstimate:
-    """The whole study's plan (pure apart from reading configs, manifests, samples and a corpus sample)."""
-    a = assumptions or Assumptions()
-    plan = StudyEstimate(experiment=spec.experiment, node=asdict(node), assumptions=asdict(a))
-    base_cfg = train_config(spec)
-    world = base_cfg.num_workers
-    nodes = math.ceil(world / node.gpus_per_node)
-    peak = PEAK_BF16_TFLOPS.get(node.gpu_name, PEAK_BF16_TFLOPS["H100"]) * 1e12
-    usable = int(node.gpu_mem_gib * GIB * (1 - a.reserve_fraction))
-    shapes: dict[str, ModelShape] = {}
-    per_trace_cache: dict[str, tuple[float, str]] = {}
-    graph = plan_study(spec)
-    for run in train_runs(spec, graph):
-        student = run.student
-        if student.name not in shapes:
-            shapes[student.name], where = model_shape(student)
-            plan.notes.append(f"{student.name}: shape from {where} ({shapes[student.name].total_params / 1e9:.2f}B "
-                              "parameters)")
-        shape = shapes[student.name]
-        subsets = manifest_subsets(storage_root, spec.experiment, student.name)
-        name = run.subset
-        if name in subsets and subsets[name].get("tokens"):
-            s = subsets[name]
-            tokens, loss_tokens, docs = int(s["tokens"]), int(s.get("loss_tokens") or 0), int(s.get("docs") or 1)
-            eff = float(s.get("pack_efficiency") or a.pack_efficiency)
-            source = "manifest"
-        else:
-            if student.name not in per_trace_cache:
-                sampled = corpus_tokens_per_trace(spec, student)
-                per_trace_cache[student.name] = ((sampled, "corpus-sample") if sampled
-                                                 else (a.tokens_per_trace, "assumed"))
-            per_trace, source = per_trace_cache[student.name]
-            tokens = int(run.traces * per_trace)
-            loss_tokens, docs, eff = int(tokens * a.loss_token_fraction), run.traces, a.pack_efficiency
-        rows = math.ceil(tokens / (packed_length(base_cfg) * eff))
-        steps = max(rows // base_cfg.global_batch_size, 1) * base_cfg.epochs
-        mean_doc = max(tokens / max(docs, 1), 1.0)
-        # documents of the mean length: attention's n² term is slightly under-counted for a spread of lengths
-        per_epoch = (train_flops(shape.as_config(), [int(mean_doc)], head_tokens=int(loss_tokens / max(docs, 1)))
-                     * docs)
-        flops = per_epoch * base_cfg.epochs
-        gpu_hours = flops / (peak * a.mfu) / 3600
-        mem = rank_memory(shape, base_cfg, world, gpus_per_node=node.gpus_per_node,
-                          trained_fraction=min(1.0, loss_tokens / max(tokens, 1)) if source == "manifest" else 1.0)
-        fits = mem.total <= usable
-        plan.train.append(TrainEstimate(
-            student=student.name, run=f"{student.name}-{run.tag}", subset=run.subset, traces=run.traces,
-            tokens_per_epoch=tokens, tokens_source=source, epochs=base_cfg.epochs, steps=steps, gpus=world,
-            nodes=nodes, flops=flops, gpu_hours=gpu_hours, wall_hours=gpu_hours / world,
-            memory={k: v for k, v in _gib(mem).items()}, memory_gib=round(mem.total / GIB, 2),
-            usable_gib=round(usable / GIB, 2), headroom_gib=round((usable - mem.total) / GIB, 2), fits=fits,
-            fix=None if fits else fix_for(shape, base_cfg, world, node, usable)))
-    problems, problems_source = count_problems(spec, a.problems)
-    n = int(spec.generate.get("n", 1))
-    budget = int(spec.generate.get("max_tokens", 32768))
-    previous = previous_response_tokens(storage_root, spec.experiment)
-    expected, length_source = (previous, "previous-run") if previous else (float(budget), "budget")
-    plan.notes.append(f"problems per evaluation: {problems} ({problems_source})")
+@dataclass
+class _Cluster:
+    """The GPU node and the run shape every training run shares (the spec's one train section)."""
+
+    node: GpuNode
+    cfg: TrainConfig
+    world: int
+    nodes: int
+    peak_flops: float
+    usable: int
+
+
+def _cluster(spec: Any, node: GpuNode, a: Assumptions) -> _Cluster:
+    cfg = train_config(spec)
+    return _Cluster(node, cfg, cfg.num_workers, math.ceil(cfg.num_workers / node.gpus_per_node),
+                    PEAK_BF16_TFLOPS.get(node.gpu_name, PEAK_BF16_TFLOPS["H100"]) * 1e12,
+                    int(node.gpu_mem_gib * GIB * (1 - a.reserve_fraction)))
+
+
+@dataclass
+class _RunTokens:
+    tokens: int
+    loss_tokens: int
+    docs: int
+    pack_efficiency: float
+    source: str  # manifest | corpus-sample | assumed
+
+
+def _run_tokens(run: TrainRun, subsets: dict[str, SubsetSummary], per_trace: tuple[float, str],
+                a: Assumptions) -> _RunTokens:
+    """Tokens of one epoch of a run: the data manifest's counts when the data stage has run, else traces ×
+    the sampled (or assumed) tokens per trace."""
+    found = subsets.get(run.subset)
+    if found is not None and found.tokens:
+        return _RunTokens(found.tokens, found.loss_tokens, found.docs or 1, found.pack_efficiency or a.pack_efficiency,
+                          "manifest")
+    tokens = int(run.traces * per_trace[0])
+    return _RunTokens(tokens, int(tokens * a.loss_token_fraction), run.traces, a.pack_efficiency, per_trace[1])
+
+
+def _train_estimate(run: TrainRun, shape: ModelShape, counted: _RunTokens, c: _Cluster,
+                    a: Assumptions) -> TrainEstimate:
+    """Steps, FLOPs, GPU-hours and per-rank memory of one training run, with its fix when it does not fit."""
+    cfg = c.cfg
+    rows = math.ceil(counted.tokens / (packed_length(cfg) * counted.pack_efficiency))
+    steps = max(rows // cfg.global_batch_size, 1) * cfg.epochs
+    mean_doc = max(counted.tokens / max(counted.docs, 1), 1.0)
+    # documents of the mean length: attention's n² term is slightly under-counted for a spread of lengths
+    per_epoch = train_flops(shape.as_config(), [int(mean_doc)],
+                            head_tokens=int(counted.loss_tokens / max(counted.docs, 1))) * counted.docs
+    flops = per_epoch * cfg.epochs
+    gpu_hours = flops / (c.peak_flops * a.mfu) / 3600
+    trained = min(1.0, counted.loss_tokens / max(counted.tokens, 1)) if counted.source == "manifest" else 1.0
+    mem = rank_memory(shape, cfg, c.world, gpus_per_node=c.node.gpus_per_node, trained_fraction=trained)
+    fits = mem.total <= c.usable
+    return TrainEstimate(
+        student=run.student.name, run=f"{run.student.name}-{run.tag}", subset=run.subset, traces=run.traces,
+        tokens_per_epoch=counted.tokens, tokens_source=counted.source, epochs=cfg.epochs, steps=steps,
+        gpus=c.world, nodes=c.nodes, flops=flops, gpu_hours=gpu_hours, wall_hours=gpu_hours / c.world,
+        memory=_gib(mem), memory_gib=round(mem.total / GIB, 2), usable_gib=round(c.usable / GIB, 2),
+        headroom_gib=round((c.usable - mem.total) / GIB, 2), fits=fits,
+        fix=None if fits else fix_for(shape, cfg, c.world, c.node, c.usable))
+
+
+def _eval_estimates(spec: Any, graph: StudyGraph, storage: Storage | None, a: Assumptions,
+                    notes: list[str]) -> list[EvalEstimate]:
+    """Tokens to generate and GPU-hours per evaluation, with each student's own generate settings (`n`)."""
+    previous = previous_response_tokens(storage, graph)
+    students = {r.run_id: r.student for r in graph.runs}
+    out, counted = [], {}
     for run_id in eval_runs(graph):
-        tokens = problems * n * expected
-        plan.evaluate.append(EvalEstimate(run=run_id, problems=problems, samples=problems * n, expected_tokens=expected,
-                                      length_source=length_source, tokens=tokens,
-                                      gpu_hours=tokens / a.gen_tokens_per_s / 3600))
+        generate = spec.section_config("generate", students[run_id])
+        if students[run_id] not in counted:
+            counted[students[run_id]] = count_problems(generate, a.problems)
+            notes.append(f"problems per evaluation of {students[run_id]}: {counted[students[run_id]][0]} "
+                         f"({counted[students[run_id]][1]})")
+        problems = counted[students[run_id]][0]
+        expected, length_source = ((previous, "previous-run") if previous else
+                                   (float(generate.max_tokens), "budget"))
+        tokens = problems * generate.n * expected
+        out.append(EvalEstimate(run=run_id, problems=problems, samples=problems * generate.n,
+                                expected_tokens=expected, length_source=length_source, tokens=tokens,
+                                gpu_hours=tokens / a.gen_tokens_per_s / 3600))
+    return out
+
+
+def _totals(plan: StudyEstimate) -> dict[str, float]:
     train_h = sum(t.gpu_hours for t in plan.train)
     gen_h = sum(e.gpu_hours for e in plan.evaluate)
-    plan.totals = {"train_runs": len(plan.train), "evaluations": len(plan.evaluate),
-                   "train_flops": sum(t.flops for t in plan.train), "train_gpu_hours": round(train_h, 1),
-                   "generate_tokens": sum(e.tokens for e in plan.evaluate), "generate_gpu_hours": round(gen_h, 1),
-                   "gpu_hours": round(train_h + gen_h, 1), "runs_that_do_not_fit": sum(not t.fits for t in plan.train)}
+    return {"train_runs": len(plan.train), "evaluations": len(plan.evaluate),
+            "train_flops": sum(t.flops for t in plan.train), "train_gpu_hours": round(train_h, 1),
+            "generate_tokens": sum(e.tokens for e in plan.evaluate), "generate_gpu_hours": round(gen_h, 1),
+            "gpu_hours": round(train_h + gen_h, 1), "runs_that_do_not_fit": sum(not t.fits for t in plan.train)}
+
+
+def estimate_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = None,
+                   storage_root: str | None = None) -> StudyEstimate:
+    """The whole study's estimate (pure apart from reading configs, manifests, samples and a corpus sample
+    through the storage root, local or an object store)."""
+    a = assumptions or Assumptions()
+    plan = StudyEstimate(experiment=spec.experiment, node=asdict(node), assumptions=asdict(a))
+    storage = _readable_storage(storage_root, plan.notes)
+    c = _cluster(spec, node, a)
+    graph = plan_study(spec)
+    shapes: dict[str, ModelShape] = {}
+    per_trace: dict[str, tuple[float, str]] = {}
+    subsets: dict[str, dict[str, SubsetSummary]] = {}
+    for run in train_runs(spec, graph):
+        name = run.student.name
+        if name not in shapes:
+            shapes[name], where = model_shape(run.student)
+            plan.notes.append(f"{name}: shape from {where} ({shapes[name].total_params / 1e9:.2f}B parameters)")
+            subsets[name] = manifest_subsets(storage, graph, name)
+        if run.subset not in subsets[name] and name not in per_trace:
+            sampled = corpus_tokens_per_trace(spec, run.student)
+            per_trace[name] = (sampled, "corpus-sample") if sampled else (a.tokens_per_trace, "assumed")
+        counted = _run_tokens(run, subsets[name], per_trace.get(name, (a.tokens_per_trace, "assumed")), a)
+        plan.train.append(_train_estimate(run, shapes[name], counted, c, a))
+    plan.evaluate = _eval_estimates(spec, graph, storage, a, plan.notes)
+    plan.totals = _totals(plan)
     return plan
+
+
+def _readable_storage(root: str | None, notes: list[str]) -> Storage | None:
+    """The storage root to read earlier runs from, or None (with a note) when there is none to read."""
+    if not root:
+        return None
+    try:
+        return Storage(root, create=False)
+    except (OSError, ValueError) as exc:
+        notes.append(f"storage {root} not readable ({exc}); no manifests or earlier samples used")
+        return None
 
 
 def _gib(mem: RankMemory) -> dict[str, float | None]:

@@ -8,14 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def pad_of(tokenizer: Any) -> tuple[int, str]:
-    """(pad id, which token it is): the tokenizer's pad token, else its eos token, else 0."""
-    if getattr(tokenizer, "pad_token_id", None) is not None:
-        return int(tokenizer.pad_token_id), "pad_token_id"
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        return int(tokenizer.eos_token_id), "eos_token_id"
-    return 0, "default"
+from valley.manifest import pad_of
 
 
 def pad_entry(tokenizer_dir: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ paths so rejects name the file the user typed.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -182,6 +183,22 @@ def iter_chunk(chunk: Chunk) -> Iterator[tuple[int, Any]]:
                 for rec in pf.read_row_group(g).to_pylist():
                     yield row, rec
                     row += 1
+
+
+def head_rows(path: str, n: int) -> list[Any]:
+    """The first `n` parsed rows of a file, without reading the rest of a JSONL file (a sample for
+    estimates); unparseable rows are left out."""
+    kind = file_kind(path)
+    if kind == "jsonl":
+        rows: list[Any] = []
+        with open_binary(path) as f:
+            for row_number, line in enumerate(f):
+                if len(rows) >= n:
+                    break
+                rows += [r for _, r in _parse_lines(Chunk(path, kind, row_number, 1), [line])]
+    else:
+        rows = [r for _, r in itertools.islice(iter_chunk(Chunk(path, kind, 0, None)), n)]
+    return [r for r in rows if not isinstance(r, InputError)]
 
 
 def count_rows(path: str) -> int:

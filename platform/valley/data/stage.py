@@ -18,7 +18,7 @@ import json
 import posixpath
 from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pyarrow as pa
 
@@ -31,6 +31,7 @@ from valley.data.readers import expand_inputs, file_fingerprint, plan_chunks
 from valley.data.subsets import dedup_questions, seeded_order, select_subsets, split_duplicate_ids
 from valley.data.tokenize import plan_groups, run_tokenize
 from valley.errors import ConfigError
+from valley.manifest import Manifest
 from valley.stage import StageResult, run_stage
 from valley.storage import Storage
 
@@ -47,8 +48,6 @@ class DataResult(StageResult):
     rejected_by_reason: dict[str, int]
     questions_deduplicated: int = 0  # traces kept out of every subset by `dedup_questions`
     subsets: dict[str, dict[str, Any]]  # each with `path`: its tokenized rows, under the storage root
-
-    renamed_fields: ClassVar[dict[str, str]] = {"output_dir": "stage_dir"}  # markers before stage_dir
 
 
 def _fingerprint(paths: list[str]) -> str:
@@ -179,5 +178,5 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
     }
     manifest = dict(summary, **({"joins": joins} if joins is not None else {}), seq_len=cfg.max_seq_len, packing=cfg.packing, tokenizer=cfg.tokenizer, **pad_entry(cfg.tokenizer),
                     think_structure=dict(think), inputs=files, config=cfg.model_dump(mode="json"))
-    storage.write_json(manifest, out, "manifest.json")
+    Manifest.from_fields(**manifest).write(storage, out)
     return DataResult(**summary)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-def add_decontam_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser("decontam", help="n-gram/title/URL overlap of training questions with the evaluation problems")
     p.add_argument("config", nargs="?", help="YAML config file (DecontamConfig fields)")
     p.add_argument("--traces", default=None, help="data-stage output dir, or Parquet traces (file, dir or glob)")

@@ -88,4 +88,4 @@ def partial_report(storage: Storage, experiment: str | None) -> dict[str, Any]:
     outputs = finished_outputs(records)
     if not nodes.graded_outputs(graph, outputs):
         raise ConfigError(f"no evaluation of {names[0]} has finished grading yet; nothing to report")
-    return nodes.run_report_node(spec, graph, storage, outputs, name=f"{names[0]}-partial")
+    return nodes.report_over(spec, graph, storage, outputs, name=f"{names[0]}-partial")

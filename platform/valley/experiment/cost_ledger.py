@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from valley import registry
 from valley.storage import Storage
 
 T = TypeVar("T")
@@ -46,31 +47,25 @@ class CostLedger:
         return list(self.records.values())
 
 
-def _cluster(resource: str) -> float:
+def _cluster() -> dict[str, float]:
     try:
         import ray
 
-        return float(ray.cluster_resources().get(resource, 0.0)) if ray.is_initialized() else 0.0
+        return dict(ray.cluster_resources()) if ray.is_initialized() else {}
     except Exception:  # noqa: BLE001 - costs are reporting, never a reason to fail a stage
-        return 0.0
+        return {}
 
 
 def reserved(stage: str, cfg: Any) -> tuple[float, float]:
-    """(CPUs, GPUs) a stage holds while it runs, from its config and the cluster."""
-    if stage == "train":
-        return cfg.num_workers * cfg.cpus_per_worker, float(cfg.num_workers if cfg.use_gpu else 0)
-    if stage == "generate":
-        return cfg.pool.replicas * float(cfg.pool.num_cpus), float(cfg.pool.replicas * cfg.replica_gpus())
-    resources = getattr(cfg, "task_resources", None) or {}
-    if "grader" in resources:
-        return _cluster("grader"), 0.0
-    return _cluster("CPU"), 0.0
+    """(CPUs, GPUs) a stage holds while it runs, from its config and the cluster (the registry's rule)."""
+    return registry.stage(stage).reserved(cfg, _cluster())
 
 
-def timed(stage: str, fn: Callable[..., T], cfg: Any, storage: Storage) -> T:
-    """Call a stage's run function and record its cost in the active ledger (if `valley run` set one)."""
+def timed(stage: str, cfg: Any, storage: Storage, run: Callable[[Any, Storage], T] | None = None) -> T:
+    """Run a stage (the registry's run function, or `run`) and record its cost in the active ledger, if
+    `valley run` set one."""
     t0 = time.perf_counter()
-    result = fn(cfg, storage)
+    result = (run or registry.stage(stage).run_function())(cfg, storage)
     if _ACTIVE is not None:
         cpus, gpus = reserved(stage, cfg)
         _ACTIVE.record(stage, cfg.name or stage, time.perf_counter() - t0, cpus, gpus,

@@ -7,7 +7,7 @@ executor only decides *when* a node may start: its dependencies are done, and fe
 its kind run. Among ready nodes, those with the most training still below them start first (the critical path:
 the largest RQ1 run, which the stage-2 runs wait for, before the small ones).
 
-A node may follow an input instead of waiting for it (`params["follows"]`): grading starts once its
+A node may follow an input instead of waiting for it (`Node.follows`): grading starts once its
 generation has started and grades sample parts as they are written. A failed node fails only its descendants
 (marked skipped, with the failed node named); every other node runs to its end, and the outcome lists what
 failed, why, and where its traceback is.
@@ -129,12 +129,12 @@ class StudyExecutor:
             self.on_change()
 
     def _ready(self) -> list[Node]:
-        """Queued nodes whose inputs are done; an input the node follows (`params["follows"]`: it reads the
+        """Queued nodes whose inputs are done; an input the node follows (`Node.follows`: it reads the
         input's stream as it is written) only needs to have started."""
         states = self.outcome.states
 
         def met(node: Node, dep: str) -> bool:
-            return states[dep] == "done" or (dep in node.params.get("follows", ()) and states[dep] == "running")
+            return states[dep] == "done" or (dep in node.follows and states[dep] == "running")
 
         return [n for n in self.graph.nodes if states[n.id] == "queued" and all(met(n, d) for d in n.deps)]
 
@@ -216,7 +216,7 @@ def critical_path_s(graph: StudyGraph, intervals: Mapping[str, tuple[float, floa
     end: dict[str, float] = {}
     for node in graph.nodes:
         t0, t1 = intervals.get(node.id, (0.0, 0.0))
-        follows = set(node.params.get("follows", ()))
+        follows = set(node.follows)
         start[node.id] = max((start[d] if d in follows else end[d] for d in node.deps), default=0.0)
         end[node.id] = max([start[node.id] + (t1 - t0)] + [end[d] for d in follows])
     return max(end.values(), default=0.0)

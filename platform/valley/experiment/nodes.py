@@ -13,9 +13,20 @@ from typing import Any
 
 from rich.console import Console
 
+from valley import registry
 from valley.experiment import cost_ledger
 from valley.experiment.executor import NodeContext, UpstreamFailed
-from valley.experiment.graph import EvalRun, Node, StudyGraph, train_fields
+from valley.experiment.graph import (
+    DataParams,
+    EvalRun,
+    GenerateParams,
+    GradeParams,
+    LabelParams,
+    Node,
+    StudyGraph,
+    TrainParams,
+    train_fields,
+)
 from valley.experiment.spec import ExperimentSpec
 from valley.storage import Storage, stage_dir
 
@@ -27,98 +38,118 @@ def _student(spec: ExperimentSpec, name: str | None) -> Any:
     return next(s for s in spec.students if s.name == name)
 
 
-def run_data_node(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
-             context: NodeContext) -> Outputs:
+def data_config(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Any:
+    """The data run of a node: the spec's data section, the node's subsets, the student's tokenizer."""
     from valley.data.config import DataConfig, SubsetSpec
-    from valley.data.stage import run_data as stage
 
+    p: DataParams = node.params  # type: ignore[assignment]
     student = _student(spec, node.student)
-    fields = dict(spec.data)
-    label = node.params.get("labelled")
-    if label:
+    fields = spec.section("data")
+    if p.labelled:
         # The labelled traces already carry what the joins brought; joining again would only cost time.
-        fields.update(inputs=[f"{storage.uri(inputs[label]['traces'])}/*.parquet"], columns={"preset": "valley"},
-                      joins=[])
-    cfg = DataConfig(name=node.name, tokenizer=student.tokenizer or student.model,
-                     subsets=[SubsetSpec(**s) for s in node.params["subsets"]], **fields)
-    result = cost_ledger.timed("data", stage, cfg, storage)
+        fields.update(inputs=[f"{storage.uri(inputs[p.labelled]['traces'])}/*.parquet"],
+                      columns={"preset": "valley"}, joins=[])
+    return DataConfig(name=node.name, tokenizer=student.tokenizer or student.model,
+                      subsets=[SubsetSpec(**r.spec_fields()) for r in p.subsets], **fields)
+
+
+def run_data_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
+                  inputs: Mapping[str, Outputs], context: NodeContext) -> Outputs:
+    result = cost_ledger.timed("data", data_config(spec, node, storage, inputs), storage)
     console.log(f"[data] {node.name}: accepted {result.accepted}, rejected {result.rejected}")
     return {"stage_dir": result.stage_dir}
 
 
-def run_label_node(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
-              context: NodeContext) -> Outputs:
+def label_config(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Any:
     from valley.grade.config import LabelConfig
-    from valley.grade.label import run_label as stage
 
-    traces = f"{inputs[node.params['data']]['stage_dir']}/traces"
-    result = cost_ledger.timed("label", stage, LabelConfig(name=node.name, traces=traces, **(spec.label or {})), storage)
+    p: LabelParams = node.params  # type: ignore[assignment]
+    return LabelConfig(name=node.name, traces=f"{inputs[p.data]['stage_dir']}/traces", **spec.section("label"))
+
+
+def run_label_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
+                   inputs: Mapping[str, Outputs], context: NodeContext) -> Outputs:
+    result = cost_ledger.timed("label", label_config(spec, node, storage, inputs), storage)
     console.log(f"[label] {node.name}: correct={result.correct} incorrect={result.incorrect} "
                 f"no_tests={result.no_tests}")
     return {"stage_dir": result.stage_dir, "traces": result.traces_dir}
 
 
-def run_train_node(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
-              context: NodeContext) -> Outputs:
+def train_config_of(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Any:
+    """The training run of a node: from the student's model, or continued from another run's export."""
     from valley.train.config import TrainConfig
-    from valley.train.stage import run_train as stage
 
-    p = node.params
+    p: TrainParams = node.params  # type: ignore[assignment]
     # a trained model as the full location the sequential runner passed, so the config hash is the same
-    start = storage.uri(inputs[p["start"]]["model"]) if p["start"] else _student(spec, node.student).model
-    cfg = TrainConfig(name=node.name, data=inputs[p["data"]]["stage_dir"], subset=p["subset"], model=start,
-                      export_every_epoch=p["per_epoch"], **train_fields(spec))
-    result = cost_ledger.timed("train", stage, cfg, storage)
+    start = storage.uri(inputs[p.start]["model"]) if p.start else _student(spec, node.student).model
+    return TrainConfig(name=node.name, data=inputs[p.data]["stage_dir"], subset=p.subset, model=start,
+                       export_every_epoch=p.per_epoch, **train_fields(spec))
+
+
+def run_train_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
+                   inputs: Mapping[str, Outputs], context: NodeContext) -> Outputs:
+    result = cost_ledger.timed("train", train_config_of(spec, node, storage, inputs), storage)
     console.log(f"[train] {node.name}: {result.steps} steps, final loss {result.final_loss}")
     return {"stage_dir": result.stage_dir, "model": result.model_dir,
             "epochs": {str(k): v for k, v in result.epoch_model_dirs.items()}}
 
 
-def run_generate_node(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
-                 context: NodeContext) -> Outputs:
-    """Announces where the samples will appear before generating, so grading can follow them."""
+def generate_config(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs]) -> Any:
+    """The generation of a node: the student's model, a run's final export, or one of its epochs'."""
     from valley.generate.config import GenerateConfig
-    from valley.generate.stage import STAGE
-    from valley.generate.stage import run_generate as stage
-    from valley.generate.writer import SAMPLES_DIR
 
-    p = node.params
-    if p["train"] is None:
+    p: GenerateParams = node.params  # type: ignore[assignment]
+    if p.train is None:
         model = _student(spec, node.student).model
     else:
-        trained = inputs[p["train"]]
-        model = storage.uri(trained["epochs"][str(p["epoch"])] if p.get("epoch") else trained["model"])
-    cfg = GenerateConfig(name=node.name, model=model, run_id=p["run_id"], **spec.generate_fields(node.student))
+        trained = inputs[p.train]
+        model = storage.uri(trained["epochs"][str(p.epoch)] if p.epoch else trained["model"])
+    return GenerateConfig(name=node.name, model=model, run_id=p.run_id, **spec.generate_fields(node.student))
+
+
+def run_generate_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
+                      inputs: Mapping[str, Outputs], context: NodeContext) -> Outputs:
+    """Announces where the samples will appear before generating, so grading can follow them."""
+    from valley.generate.stage import STAGE
+    from valley.generate.writer import SAMPLES_DIR
+
+    cfg = generate_config(spec, node, storage, inputs)
     out = stage_dir(STAGE, cfg.name, cfg.config_hash())
     context.announce({"stage_dir": out, "samples": f"{out}/{SAMPLES_DIR}", "problems": f"{out}/problems.parquet"})
-    result = cost_ledger.timed("generate", stage, cfg, storage)
-    console.log(f"[generate] {p['run_id']}: {result.n_samples} samples, finish {result.finish_reasons}")
+    result = cost_ledger.timed("generate", cfg, storage)
+    console.log(f"[generate] {cfg.run_id}: {result.n_samples} samples, finish {result.finish_reasons}")
     return {"stage_dir": result.stage_dir, "samples": result.samples, "problems": result.problems}
 
 
-def run_grade_node(spec: ExperimentSpec, node: Node, storage: Storage, inputs: Mapping[str, Outputs],
-              context: NodeContext) -> Outputs:
+def grade_config(spec: ExperimentSpec, node: Node, generated: Outputs) -> Any:
+    from valley.grade.config import GradeConfig
+
+    return GradeConfig(name=node.name, samples=generated["samples"], problems=generated["problems"],
+                       **spec.section("grade"))
+
+
+def run_grade_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
+                   inputs: Mapping[str, Outputs], context: NodeContext) -> Outputs:
     """Grade a generate run's samples; when the generation is still running, follow it: grade its sample
     parts as they are written (the same batches as afterwards) and finish once it has finished."""
-    from valley.grade.config import GradeConfig
-    from valley.grade.stage import run_grade as stage
+    from valley.grade.stage import run_grade
 
-    gen_id = node.params["generate"]
+    p: GradeParams = node.params  # type: ignore[assignment]
     follow = None
-    if gen_id in inputs:
-        gen = inputs[gen_id]
+    if p.generate in inputs:
+        gen = inputs[p.generate]
     else:
-        gen = _await_announcement(context, gen_id)
+        gen = _await_announcement(context, p.generate)
 
         def follow() -> bool:
-            state = context.state_of(gen_id)
+            state = context.state_of(p.generate)
             if state in ("failed", "skipped"):
-                raise UpstreamFailed(gen_id)
+                raise UpstreamFailed(p.generate)
             return state == "done"
 
-    cfg = GradeConfig(name=node.name, samples=gen["samples"], problems=gen["problems"], **spec.grade)
-    result = cost_ledger.timed("grade", lambda c, st: stage(c, st, follow=follow), cfg, storage)
-    console.log(f"[grade] {node.params['run_id']}: {result.counts}")
+    result = cost_ledger.timed("grade", grade_config(spec, node, gen), storage,
+                               run=lambda c, st: run_grade(c, st, follow=follow))
+    console.log(f"[grade] {p.run_id}: {result.counts}")
     return {"stage_dir": result.stage_dir, "verdicts": result.verdicts_dir, "samples": gen["samples"],
             "problems": gen["problems"]}
 
@@ -151,39 +182,39 @@ def run_specs(runs: tuple[EvalRun, ...] | list[EvalRun], graded: Mapping[str, Ou
 
 def report_max_tokens(spec: ExperimentSpec) -> int:
     """The completion budget the report scores against: the generate runs' own `max_tokens`."""
-    from valley.generate.config import GenerateConfig
-
-    return GenerateConfig(model="-", **spec.generate).max_tokens
+    return spec.section_config("generate").max_tokens
 
 
 def graded_outputs(graph: StudyGraph, outputs: Mapping[str, Outputs]) -> dict[str, Outputs]:
     nodes = graph.by_id()
-    return {nodes[nid].params["run_id"]: out for nid, out in outputs.items()
+    return {nodes[nid].params.run_id: out for nid, out in outputs.items()  # type: ignore[union-attr]
             if nid in nodes and nodes[nid].kind == "grade"}
 
 
-def run_report_node(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, outputs: Mapping[str, Outputs],
-               name: str | None = None) -> Outputs:
-    """The report over every finished evaluation (all of them, unless called for a partial report)."""
+def report_over(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, outputs: Mapping[str, Outputs],
+                name: str | None = None) -> Outputs:
+    """The report over every finished evaluation in `outputs` (all of them, unless a partial report)."""
     from valley.report.config import ReportConfig
-    from valley.report.stage import run_report as stage
 
     specs = run_specs(graph.runs, graded_outputs(graph, outputs))
     ledger = cost_ledger.CostLedger(storage, spec.experiment)
-    fields = {"max_tokens": report_max_tokens(spec), "costs": ledger.rows(), **spec.report}
-    result = stage(ReportConfig(name=name or spec.experiment, experiment=spec.experiment, runs=specs, **fields),
-                   storage)
+    fields = {"costs": ledger.rows(), **spec.section("report")}
+    if fields.get("max_tokens") is None:
+        fields["max_tokens"] = report_max_tokens(spec)
+    cfg = ReportConfig(name=name or spec.experiment, experiment=spec.experiment, runs=specs, **fields)
+    result = registry.stage("report").run_function()(cfg, storage)
     console.log(f"[report] {storage.uri(result.report_md)}")
     return {"stage_dir": result.stage_dir, "report_md": result.report_md, "results": result.results,
             "plots": list(result.plots), "runs": specs}
 
 
-RUNNERS = {"data": run_data_node, "label": run_label_node, "train": run_train_node, "generate": run_generate_node, "grade": run_grade_node}
+def run_report_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
+                    inputs: Mapping[str, Outputs], context: NodeContext) -> Outputs:
+    return report_over(spec, graph, storage, inputs)
 
 
 def run_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
              outputs: Mapping[str, Outputs], context: NodeContext) -> Outputs:
-    """Run one node, given the outputs of its finished dependencies."""
-    if node.kind == "report":
-        return run_report_node(spec, graph, storage, outputs)
-    return RUNNERS[node.kind](spec, node, storage, {d: outputs[d] for d in node.deps if d in outputs}, context)
+    """Run one node with the registry's runner for its kind, given the outputs of its finished inputs."""
+    runner = registry.stage(node.kind).node_runner_function()
+    return runner(spec, graph, node, storage, {d: outputs[d] for d in node.deps if d in outputs}, context)

@@ -90,7 +90,7 @@ def execute(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, live: boo
     """Run every node of the graph (the report last), writing the study's status as it goes. `limits` replaces
     the spec's and the cluster's (benchmarks: `{"all": 1}` runs one node at a time, the sequential order)."""
     status = StudyStatus(storage, spec.experiment)
-    status.start(graph, spec.model_dump(mode="json"))
+    status.start(graph, spec.model_dump(mode="json", exclude_unset=True))
     if limits is None:
         limits = default_limits(graph, _cluster_resources(), spec.max_concurrent.model_dump())
     console.log(f"[study] {len(graph.nodes)} nodes; at once at most: "

@@ -12,9 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from valley import config as config_mod
+from valley import registry
+from valley.errors import ConfigError
 
 
 class StudentSpec(BaseModel):
@@ -74,55 +76,97 @@ class ConcurrencySpec(BaseModel):
     grade: int | None = Field(default=None, ge=1)
 
 
+def section_model(stage: str) -> type[BaseModel]:
+    """A spec section's type: the stage's config class without the fields a study sets for each run
+    (`registry`'s `study_sets`), so a section is checked field by field, with its path, when the spec loads."""
+    if stage not in _SECTION_MODELS:
+        record = registry.stage(stage)
+        config = record.config_class()
+        fields: dict[str, Any] = {name: (info.annotation, info) for name, info in config.model_fields.items()
+                                  if name not in record.study_sets}
+        _SECTION_MODELS[stage] = create_model(f"{config.__name__}Section", __config__=ConfigDict(extra="forbid"),
+                                              **fields)
+    return _SECTION_MODELS[stage]
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {}
+DataSection = section_model("data")
+LabelSection = section_model("label")
+TrainSection = section_model("train")
+GenerateSection = section_model("generate")
+GradeSection = section_model("grade")
+ReportSection = section_model("report")
+
+
 class ExperimentSpec(BaseModel):
-    """The whole study. Stage sections hold that stage's config fields, minus those the runner sets."""
+    """The whole study. Each stage section holds that stage's config fields, minus those the study sets."""
 
     model_config = ConfigDict(extra="forbid")
 
     experiment: str = Field(min_length=1)
     students: list[StudentSpec] = Field(min_length=1)
     study: StudySpec = Field(default_factory=StudySpec)
-    data: dict[str, Any]  # DataConfig fields except name, tokenizer, subsets
-    label: dict[str, Any] | None = Field(default_factory=dict)  # LabelConfig except traces; None: traces carry `correct`
-    # TrainConfig except name, data, subset, model, export_every_epoch (set from study.per_epoch_eval)
-    train: dict[str, Any] = Field(default_factory=dict)
-    generate: dict[str, Any]  # GenerateConfig except name, model
-    grade: dict[str, Any] = Field(default_factory=dict)  # GradeConfig except name, samples, problems
-    report: dict[str, Any] = Field(default_factory=dict)  # ReportConfig except name, experiment, runs
+    data: DataSection  # type: ignore[valid-type]
+    label: LabelSection | None = Field(default_factory=LabelSection)  # type: ignore[valid-type]  # None: traces carry `correct`
+    train: TrainSection = Field(default_factory=TrainSection)  # type: ignore[valid-type]
+    generate: GenerateSection  # type: ignore[valid-type]
+    grade: GradeSection = Field(default_factory=GradeSection)  # type: ignore[valid-type]
+    report: ReportSection = Field(default_factory=ReportSection)  # type: ignore[valid-type]
     max_concurrent: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fields_the_study_sets(cls, data: Any) -> Any:
+        """A section that sets a field the study sets per run would be overwritten silently: refuse it."""
+        for stage in ("data", "label", "train", "generate", "grade", "report"):
+            section = data.get(stage) if isinstance(data, dict) else None
+            clash = registry.stage(stage).study_sets & set(section) if isinstance(section, dict) else set()
+            if clash:
+                raise ValueError(f"section {stage!r} must not set {sorted(clash)}: the study sets them for each run")
+        return data
 
     @model_validator(mode="after")
     def _sections_are_valid(self) -> ExperimentSpec:
-        """Build every stage config once with placeholders, so a typo fails before hours of work."""
-        from valley.data.config import DataConfig
-        from valley.generate.config import GenerateConfig
-        from valley.grade.config import GradeConfig, LabelConfig
-        from valley.train.config import TrainConfig
-
-        owned = {"data": {"name", "tokenizer", "subsets"}, "label": {"name", "traces"},
-                 "train": {"name", "data", "subset", "model", "export_every_epoch"}, "generate": {"name", "model"},
-                 "grade": {"name", "samples", "problems"}, "report": {"name", "experiment", "runs"}}
-        for section, keys in owned.items():
-            clash = keys & set(getattr(self, section) or {})
-            if clash:
-                raise ValueError(f"section {section!r} must not set {sorted(clash)}: the runner sets them")
-        DataConfig(tokenizer="-", **self.data)
-        if self.label is not None:
-            LabelConfig(traces="-", **self.label)
-        TrainConfig(data="-", model="-", **self.train)
+        """Build every stage config once with placeholders, so a rule across fields (e.g. a batch that does
+        not divide) fails at load, naming its section, before hours of work."""
         for student in self.students:
             clash = STUDENT_FIXED & set(student.generate)
             if clash:
                 raise ValueError(f"student {student.name!r}: generate must not set {sorted(clash)}; "
                                  "they are the same for every student (set them in the generate section)")
-            GenerateConfig(model="-", **self.generate_fields(student.name))
-        GradeConfig(samples="-", problems="-", **self.grade)
+        for stage in ("data", "label", "train", "grade"):  # report: its runs exist only after grading
+            if getattr(self, stage) is not None:
+                self.section_config(stage)
+        for student in self.students:
+            self.section_config("generate", student.name)
         return self
+
+    def section(self, stage: str) -> dict[str, Any] | None:
+        """A section's fields as the spec sets them (unset fields left to the config's defaults, so the
+        derived configs hash as they did when sections were plain mappings); None for `label: null`."""
+        value = getattr(self, stage)
+        return None if value is None else value.model_dump(exclude_unset=True)
+
+    def section_config(self, stage: str, student: str | None = None) -> Any:
+        """A section as its stage's config, with placeholders for the fields each run sets."""
+        record = registry.stage(stage)
+        fields = self.generate_fields(student) if stage == "generate" else (self.section(stage) or {})
+        placeholders = {name: PLACEHOLDERS[name] for name in record.study_sets
+                        if name in PLACEHOLDERS and name not in fields}
+        try:
+            return record.config_class()(**placeholders, **fields)
+        except (ValidationError, ConfigError) as exc:
+            raise ValueError(f"section {stage!r}{f' (student {student!r})' if student else ''}: {exc}") from exc
 
     def generate_fields(self, student: str | None) -> dict[str, Any]:
         """The generate section with the student's own overrides on top (GenerateConfig minus name, model)."""
         own = next((s.generate for s in self.students if s.name == student), {})
-        return {**self.generate, **own}
+        return {**self.section("generate"), **own}
+
+
+# values for the fields a study sets per run, when a section is checked alone
+PLACEHOLDERS: dict[str, Any] = {"tokenizer": "-", "traces": "-", "data": "-", "model": "-", "samples": "-",
+                                "problems": "-", "experiment": "-"}
 
 
 def _absolute(path: str) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from valley import legacy
 from valley.config import StageConfig
 from valley.generate.prompts import LCB_SYSTEM_MESSAGE
 
@@ -60,6 +61,9 @@ class PoolConfig(BaseModel):
     target_ongoing_requests: float = Field(default=2.0, gt=0)  # Serve autoscaling target per replica
     app_name: str = "valley-generate"  # Serve application name
     keep_serving: bool = False  # Serve: leave the deployment up after the stage (a long-lived pool)
+    # seconds without progress before the watchdog fails the stage; None: $VALLEY_STALL_TIMEOUT_S, else
+    # 600 on CPU and 1800 on GPU (valley.watchdog.default_timeout)
+    stall_timeout_s: float | None = Field(default=None, gt=0)
 
     def in_flight(self, backend: str) -> int:
         """Samples one stream replica may hold at once (`max_in_flight`, else the backend's default)."""
@@ -71,7 +75,7 @@ class PoolConfig(BaseModel):
     # file missing creates it and kills its own process, so tests can show that a failed replica is
     # replaced and its requests retried. `pool` is outside the hash, so this never changes it.
     fault_crash_once_file: str | None = Field(
-        default=None, validation_alias=AliasChoices("fault_crash_once_file", "crash_once_file"))
+        default=None, validation_alias=legacy.fault_alias("fault_crash_once_file", "crash_once_file"))
 
 
 class GenerateConfig(StageConfig):
@@ -112,7 +116,7 @@ class GenerateConfig(StageConfig):
     hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "pool", "part_size", "part_flush_s",
                                                         "gpu_memory_utilization"})
     # added after configs were hashed: None hashes as before the fields existed
-    hash_exclude_if_none: ClassVar[frozenset[str]] = frozenset({"rope_scaling", "hf_overrides"})
+    hash_exclude_if_none: ClassVar[frozenset[str]] = legacy.GENERATE_HASHED_ONLY_WHEN_SET
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:
@@ -138,6 +142,11 @@ class GenerateConfig(StageConfig):
 
     def resolved_run_id(self) -> str:
         return self.run_id or f"{self.name}-{self.config_hash()[:12]}"
+
+    def run_resources(self) -> dict[str, float]:
+        """What the pool holds while it generates: every replica's CPUs and GPUs."""
+        per_replica = {"CPU": float(self.pool.num_cpus), "GPU": self.replica_gpus()}
+        return {k: v * self.pool.replicas for k, v in per_replica.items() if v}
 
     def replica_gpus(self) -> float:
         if self.pool.num_gpus is not None:

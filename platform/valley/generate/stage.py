@@ -6,7 +6,7 @@ for grading and breakdowns), `selection.json` (what the filters kept and dropped
 finished stage and, after an interruption, generates only the (question_id, sample_idx) still missing.
 A pool that makes no progress (no replica loads, starts or finishes a batch, and no batch arrives) for the
 watchdog's limit fails the stage with `StallError` naming the phase and replica (`stall.json` records it);
-the limit is `pool.stall_timeout_s` where the config has it, else `$VALLEY_STALL_TIMEOUT_S`, else 600 s on
+the limit is `pool.stall_timeout_s` when set, else `$VALLEY_STALL_TIMEOUT_S`, else 600 s on
 CPU and 1800 s on GPU. Before any engine loads, `max_tokens` plus the longest prompt is checked against
 the model's window (`valley.generate.context`); a sample's `finish_reason` says whether it stopped at
 end of sequence ("stop"), at max_tokens ("length") or on a full context window ("context").
@@ -98,7 +98,7 @@ def _watched_pool(requests: list[Request], cfg: GenerateConfig, storage: Storage
                f"({pool.num_cpus} CPU, {cfg.replica_gpus():g} GPU each) to load {cfg.model}")
     try:
         yield from watch_iter(run_pool(requests, cfg, board), board, stage=f"generate {cfg.name}",
-                              timeout_s=default_timeout(cfg.replica_gpus() > 0, getattr(pool, "stall_timeout_s", None)),
+                              timeout_s=default_timeout(cfg.replica_gpus() > 0, pool.stall_timeout_s),
                               idle_phase="pool_start",
                               idle_detail=waiting, on_stall=on_stall)
     finally:

@@ -48,10 +48,6 @@ def env_dir(packages: Sequence[str]) -> Path:
     return env_root() / env_key(packages)
 
 
-def is_built(packages: Sequence[str]) -> bool:
-    return (env_dir(packages) / COMPLETE).exists()
-
-
 def ensure_env(packages: Sequence[str], *, install: bool = True) -> str | None:
     """The directory holding `packages` (built now when missing and `install`), or None for no packages.
 

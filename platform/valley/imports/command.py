@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-def add_import_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser("import", help="turn existing generations (lcb_runner, SkyThought, JSONL) into a samples table")
     p.add_argument("files", nargs="+", help="lcb_runner *_eval_all.json / generations .json, SkyThought results.json, "
                                             "or JSONL (question_id, response, ...); .gz ok; one run per file")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import Field, model_validator
 
+from valley import legacy
 from valley.config import StageConfig
 from valley.errors import ConfigError
 
@@ -81,13 +82,13 @@ class TrainConfig(StageConfig):
     # Fault injection (fault_*; the old debug_* names still load): rank 1 (or 0 with one worker) exits
     # hard once, right after this step's checkpoint.
     fault_kill_at_step: int | None = Field(
-        default=None, validation_alias=AliasChoices("fault_kill_at_step", "debug_kill_at_step"))
+        default=None, validation_alias=legacy.fault_alias("fault_kill_at_step"))
     # Fault injection: rank 1 (or 0 with one worker) sleeps fault_stall_s on entering this phase (see
     # loop.PHASES), so the watchdog has a stall to catch.
     fault_stall_phase: str | None = Field(
-        default=None, validation_alias=AliasChoices("fault_stall_phase", "debug_stall_phase"))
+        default=None, validation_alias=legacy.fault_alias("fault_stall_phase"))
     fault_stall_s: float = Field(default=3600.0, ge=0,
-                                 validation_alias=AliasChoices("fault_stall_s", "debug_stall_s"))
+                                 validation_alias=legacy.fault_alias("fault_stall_s"))
 
     hash_exclude: ClassVar[frozenset[str]] = frozenset(
         {"name", "cpus_per_worker", "torch_threads", "resources_per_worker", "checkpoints_to_keep", "max_failures",
@@ -96,7 +97,7 @@ class TrainConfig(StageConfig):
     )
     # None hashes as before the field had this default: a config that sets it keeps its old hash, and
     # one that leaves it to the data stage is named by `data`, whose directory fixes the seq_len
-    hash_exclude_if_none: ClassVar[frozenset[str]] = frozenset({"max_seq_len"})
+    hash_exclude_if_none: ClassVar[frozenset[str]] = legacy.TRAIN_HASHED_ONLY_WHEN_SET
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:
@@ -112,6 +113,14 @@ class TrainConfig(StageConfig):
                 f"{self.micro_batch_size} × num_workers={self.num_workers} = {per_step}"
             )
         return self.global_batch_size // per_step
+
+    def worker_resources(self) -> dict[str, float]:
+        """What one Ray Train worker asks of the cluster: its CPUs, a GPU when training on GPUs, extras."""
+        return {"CPU": self.cpus_per_worker, **self.resources_per_worker, **({"GPU": 1.0} if self.use_gpu else {})}
+
+    def run_resources(self) -> dict[str, float]:
+        """What the whole run holds while it trains: every worker's resources (one placement group)."""
+        return {k: v * self.num_workers for k, v in self.worker_resources().items() if v}
 
     def resolved_precision(self) -> str:
         if self.precision == "auto":

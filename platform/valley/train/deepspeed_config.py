@@ -1,9 +1,9 @@
 """The DeepSpeed config of a run (pure): ZeRO-3 as the paper-scale default, user overrides merged on top.
 
 Batch sizes are written out explicitly (micro × grad-accum × world = global) so DeepSpeed's own check
-agrees with ours. On GPU the optimizer is DeepSpeed's (fused Adam, or CPU Adam when offloading); on CPU
-the loop passes a torch AdamW as a client optimizer, which ZeRO accepts with
-`zero_allow_untested_optimizer`.
+agrees with ours. The optimizer is a torch AdamW that the loop passes as a client optimizer (ZeRO accepts
+it with `zero_allow_untested_optimizer`), on GPU and CPU alike; only with `offload_optimizer` does
+DeepSpeed build its own (CPU Adam over the offloaded state).
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
+
+from valley.runtime import extensions_dir, set_extensions_dir  # noqa: F401 - set_extensions_dir: the ops' API too
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,6 @@ BUILD_VARS = {"cpu_adam": "DS_BUILD_CPU_ADAM", "fused_adam": "DS_BUILD_FUSED_ADA
 
 class OpsError(RuntimeError):
     """A run needs a DeepSpeed op this environment did not prebuild."""
-
-
-def extensions_dir() -> Path:
-    """Where JIT-built torch extensions go: `$TORCH_EXTENSIONS_DIR` if the user set it, else inside the
-    environment (`<venv>/torch_extensions`), so nodes sharing a home directory never share build locks."""
-    explicit = os.environ.get("TORCH_EXTENSIONS_DIR")
-    return Path(explicit) if explicit else Path(sys.prefix) / "torch_extensions"
-
-
-def set_extensions_dir() -> Path:
-    """Point torch's cpp_extension at `extensions_dir()` for this process and the processes it starts."""
-    path = extensions_dir()
-    os.environ["TORCH_EXTENSIONS_DIR"] = str(path)
-    return path
 
 
 def legacy_extensions_dirs() -> list[Path]:

@@ -8,12 +8,15 @@ the file and field named, instead of minutes later inside a worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from valley import legacy
 from valley.errors import ConfigError, InputError
+from valley.manifest import Manifest
 from valley.storage import SUCCESS, Storage
 from valley.train.config import TrainConfig
 
@@ -78,20 +81,15 @@ def resolve_model(storage: Storage, path: str) -> str:
                       "give a Hugging Face model directory or a finished train run")
 
 
-def manifest_pad_id(manifest: dict, data_st: Storage, tokenizer_parts: tuple[str, ...]) -> int:
-    """The manifest's pad_id; a manifest written before it had one: the pad of the tokenizer saved beside
-    it (pad, else eos), else 0, so the runs of a finished study train as they did."""
-    if "pad_id" in manifest:
-        return int(manifest["pad_id"])
-    try:
+def _saved_tokenizer_pad(data_st: Storage, tokenizer_parts: tuple[str, ...]) -> int:
+    def load() -> Any:
         from transformers import AutoTokenizer
 
-        from valley.data.pad import pad_of
         from valley.train.transfer import local_dir
 
-        return pad_of(AutoTokenizer.from_pretrained(local_dir(data_st, "/".join(tokenizer_parts))))[0]
-    except Exception:  # an unreadable tokenizer: the trainer's padding before manifests recorded it
-        return 0
+        return AutoTokenizer.from_pretrained(local_dir(data_st, "/".join(tokenizer_parts)))
+
+    return legacy.pad_id_before_manifests(load)
 
 
 def plan_run(cfg: TrainConfig, storage: Storage, out_dir: str) -> TrainPlan:
@@ -101,11 +99,9 @@ def plan_run(cfg: TrainConfig, storage: Storage, out_dir: str) -> TrainPlan:
     parts = (data_rel,) if data_rel else ()
     if not data_st.exists(*parts, SUCCESS):
         raise ConfigError(f"data stage output {data_uri} is not finished (no {SUCCESS}); run `valley data` first")
-    manifest = data_st.read_json(*parts, "manifest.json")
-    subsets = manifest.get("subsets", {})
-    if cfg.subset not in subsets:
-        raise ConfigError(f"subset {cfg.subset!r} is not in {data_uri}/manifest.json (has: {sorted(subsets)})")
-    seq_len = int(manifest.get("seq_len", 0))
+    manifest = Manifest.read(data_st, *parts)
+    manifest.subset(cfg.subset, data_uri)
+    seq_len = manifest.seq_len or 0
     max_seq_len = cfg.max_seq_len if cfg.max_seq_len is not None else seq_len
     if max_seq_len <= 0:
         raise ConfigError(f"{data_uri}/manifest.json has no seq_len; set max_seq_len in the train config")
@@ -142,7 +138,7 @@ def plan_run(cfg: TrainConfig, storage: Storage, out_dir: str) -> TrainPlan:
         loss_tokens=loss_tokens,
         seq_len=seq_len,
         max_seq_len=max_seq_len,
-        pad_id=manifest_pad_id(manifest, data_st, tokenizer_parts),
+        pad_id=manifest.pad_id if manifest.pad_id is not None else _saved_tokenizer_pad(data_st, tokenizer_parts),
         accum=accum,
         steps_per_epoch=steps_per_epoch,
         total_steps=steps_per_epoch * cfg.epochs,

@@ -47,8 +47,6 @@ class TrainResult(StageResult):
     final_loss: float | None = None
 
     path_fields: ClassVar[tuple[str, ...]] = ("model_dir", "epoch_model_dirs", "checkpoints_dir", "metrics_path")
-    renamed_fields: ClassVar[dict[str, str]] = {"output_dir": "stage_dir"}  # markers before stage_dir
-
 
 def epoch_datasets(cfg: TrainConfig, files: tuple[str, ...]) -> dict[str, Any]:
     """One lazily read dataset per epoch, each shuffled with its own seed: deterministic, so a restarted run
@@ -71,15 +69,12 @@ def build_trainer(cfg: TrainConfig, storage: Storage, out: str, plan: TrainPlan,
 
     from valley.train import telemetry
 
-    resources = {"CPU": cfg.cpus_per_worker, **cfg.resources_per_worker}
-    if cfg.use_gpu:
-        resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan, "board": board},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=cfg.worker_resources()),
         run_config=RunConfig(
             name=RUN_NAME,
             storage_path=storage.uri(out),
@@ -158,9 +153,8 @@ def _fit_watched(cfg: TrainConfig, storage: Storage, out: str, plan: TrainPlan) 
     # continues from the run's last checkpoint, as a re-submitted job would
     runner = ray.remote(num_cpus=0, max_restarts=2, max_task_retries=2)(FitRunner).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
-    resources = {"CPU": cfg.cpus_per_worker, **cfg.resources_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
-    waiting = (f"waiting for {cfg.num_workers} train workers × {resources} to start and join their process group "
-               f"(cluster resources now: {ray.available_resources()})")
+    waiting = (f"waiting for {cfg.num_workers} train workers × {cfg.worker_resources()} to start and join their "
+               f"process group (cluster resources now: {ray.available_resources()})")
 
     def on_stall(err: StallError) -> None:
         ray.kill(runner)  # its controller and workers go with it
