@@ -1,4 +1,5 @@
-"""Shared fixtures: one embedded Ray per test session, the shared public data, temp storage roots."""
+"""Shared fixtures: one embedded Ray per test session, the shared public data, the tiny models, temp storage
+roots. Plain helpers shared by test modules are in fixtures.py."""
 
 from __future__ import annotations
 
@@ -45,6 +46,15 @@ def tiny_model(tmp_path_factory) -> str:
 
     root = tmp_path_factory.mktemp("tiny")
     return str(build_tiny_model(root / "model", build_demo_tokenizer(root / "tok")))
+
+
+@pytest.fixture(scope="session")
+def tiny_train_model(tmp_path_factory) -> tuple[Path, Path]:
+    """(tokenizer dir, model dir) of the training tests' student: hidden 32, 2 layers (fixtures.py), once per
+    test session; smaller than `tiny_model` so two-worker ZeRO-3 runs stay quick on CPU."""
+    from fixtures import build_tiny_train_model
+
+    return build_tiny_train_model(tmp_path_factory.mktemp("tiny-train"))
 
 
 @pytest.fixture()

@@ -129,8 +129,7 @@ def test_leftover_lock_no_longer_blocks_deepspeed_init(tmp_path):
 def test_training_proceeds_past_a_leftover_lock(ray_local, storage, tmp_path):
     """The stage itself: a lock left in the workers' extensions dir (the environment's) does not stop a
     two-worker ZeRO-3 run; the workers remove it."""
-    from test_train_data import build_data_dir
-    from valley.demo import build_demo_tokenizer, build_tiny_model
+    from fixtures import build_data_dir, build_tiny_train_model
     from valley.train.config import TrainConfig
     from valley.train.stage import run_train
 
@@ -138,8 +137,7 @@ def test_training_proceeds_past_a_leftover_lock(ray_local, storage, tmp_path):
     if any(lk["holders"] for lk in ops.find_locks([ext])):
         pytest.skip(f"a live build holds a lock under {ext}")
     lock = _plant_stale_lock(ext)
-    tok = build_demo_tokenizer(tmp_path / "tok")
-    model = build_tiny_model(tmp_path / "model", tok, hidden_size=32, num_layers=2)
+    tok, model = build_tiny_train_model(tmp_path)
     data, _ = build_data_dir(storage, tok, n_traces=8, seq_len=256, name="data/lock")
     cfg = TrainConfig(name="lock", data=data, model=str(model), global_batch_size=2, micro_batch_size=1,
                       num_workers=2, epochs=1, max_seq_len=256, cpus_per_worker=0.5, max_failures=0,

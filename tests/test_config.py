@@ -182,3 +182,10 @@ def test_build_error_names_the_file_and_the_field(tmp_path):
         load(TrainConfig, path)
     with pytest.raises(ConfigError, match=r"field bogus: "):
         load(TrainConfig, path, ["warmup_ratio=0.1", "bogus=1"])
+
+
+def test_every_registered_stage_config_is_checked():
+    """A stage added to the registry gets the hash-rule check above as soon as it has a minimal instance."""
+    from valley import registry
+
+    assert {record.config_class() for record in registry.STAGES.values()} == set(MINIMAL)

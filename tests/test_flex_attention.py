@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from test_train_data import pack, tiny_model_and_docs
+from fixtures import pack, tiny_model_and_docs
 from valley.train.batches import to_micro_batch
 from valley.train.packing_attention import (
     IGNORE,

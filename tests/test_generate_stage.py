@@ -6,20 +6,9 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
+from fixtures import GENERATE_QIDS, tiny_generate_config
 from valley import schemas
-from valley.generate.config import GenerateConfig
 from valley.generate.stage import run_generate
-
-# two stdin (AtCoder) and two functional (LeetCode) problems of LCB release v6, shared side
-QIDS = ["abc387_a", "abc387_b", "3674", "3677"]
-
-
-def _cfg(tiny_model: str, lcb_file: str, name: str, **pool) -> GenerateConfig:
-    return GenerateConfig(
-        name=name, model=tiny_model, problems=[lcb_file], filters={"question_ids": QIDS},
-        n=2, temperature=0.8, top_p=0.95, max_tokens=16, seed=3, part_size=2,
-        pool={"num_cpus": 0.5, "batch_size": 3, **pool},
-    )
 
 
 def _responses(storage, result) -> dict[tuple[str, int], str]:
@@ -35,7 +24,8 @@ def local_reference(tiny_model, lcb_file, tmp_path_factory):
     from valley.storage import Storage
 
     storage = Storage(str(tmp_path_factory.mktemp("ref")))
-    result = run_generate(_cfg(tiny_model, lcb_file, "ref", mode="local", batch_size=1), storage)
+    cfg = tiny_generate_config(tiny_model, lcb_file, "ref", mode="local", batch_size=1)
+    result = run_generate(cfg, storage)
     return _responses(storage, result)
 
 
@@ -46,7 +36,8 @@ def test_data_pool_generates_survives_a_crash_resumes_and_skips(ray_local, stora
     from valley.generate.prompts import render_prompt
 
     marker = tmp_path / "crashed"
-    cfg = _cfg(tiny_model, lcb_file, "data", mode="data", replicas=2, max_retries=2, fault_crash_once_file=str(marker))
+    cfg = tiny_generate_config(tiny_model, lcb_file, "data", mode="data", replicas=2, max_retries=2,
+                               fault_crash_once_file=str(marker))
     result = run_generate(cfg, storage)
     assert marker.exists()  # a replica really died mid-run; Ray Data restarted it and re-ran its batch
     assert (result.n_problems, result.n_samples, result.n_generated) == (4, 8, 8)
@@ -55,7 +46,7 @@ def test_data_pool_generates_survives_a_crash_resumes_and_skips(ray_local, stora
     table = storage.read_parquet(result.stage_dir, "samples")
     assert table.schema.names[: len(schemas.SAMPLES)] == schemas.SAMPLES.names
     keys = sorted(zip(table.column("question_id").to_pylist(), table.column("sample_idx").to_pylist(), strict=True))
-    assert keys == sorted((q, i) for q in QIDS for i in range(2))
+    assert keys == sorted((q, i) for q in GENERATE_QIDS for i in range(2))
     rows = table.to_pylist()
     assert all(r["finish_reason"] in ("stop", "length") and 1 <= r["n_tokens"] <= 16 for r in rows)
     assert all(r["n_tokens"] == 16 for r in rows if r["finish_reason"] == "length")
@@ -63,7 +54,7 @@ def test_data_pool_generates_survives_a_crash_resumes_and_skips(ray_local, stora
     tok = AutoTokenizer.from_pretrained(tiny_model)
     problems = {p["question_id"]: p for p in storage.read_parquet(result.stage_dir, "problems.parquet").to_pylist()}
     assert all(r["prompt"] == render_prompt(tok, problems[r["question_id"]]) for r in rows)
-    assert {problems[q]["testtype"] for q in QIDS} == {"stdin", "functional"}
+    assert {problems[q]["testtype"] for q in GENERATE_QIDS} == {"stdin", "functional"}
     # per-sample seeds: 2 actors with batches of 3 (one retried) give exactly the batch-of-1 samples
     assert _responses(storage, result) == local_reference
 
@@ -88,8 +79,8 @@ def test_data_pool_generates_survives_a_crash_resumes_and_skips(ray_local, stora
 def test_serve_pool_autoscaling_deployment(ray_local, storage, tiny_model, lcb_file, local_reference):
     from ray import serve
 
-    cfg = _cfg(tiny_model, lcb_file, "serve", mode="serve", replicas=2, min_replicas=1,
-               app_name="valley-generate-test")
+    cfg = tiny_generate_config(tiny_model, lcb_file, "serve", mode="serve", replicas=2, min_replicas=1,
+                               app_name="valley-generate-test")
     result = run_generate(cfg, storage)
     assert result.n_samples == 8 and _responses(storage, result) == local_reference
     assert "valley-generate-test" not in serve.status().applications  # torn down (keep_serving=False)
@@ -99,8 +90,8 @@ def test_serve_pool_autoscaling_deployment(ray_local, storage, tiny_model, lcb_f
 def test_serve_replaces_a_dead_replica_and_resends_its_batch(ray_local, storage, tiny_model, lcb_file,
                                                              local_reference, tmp_path):
     marker = tmp_path / "crashed"
-    cfg = _cfg(tiny_model, lcb_file, "serve-crash", mode="serve", replicas=2, min_replicas=1, max_retries=3,
-               fault_crash_once_file=str(marker), app_name="valley-generate-crash")
+    cfg = tiny_generate_config(tiny_model, lcb_file, "serve-crash", mode="serve", replicas=2, min_replicas=1,
+                               max_retries=3, fault_crash_once_file=str(marker), app_name="valley-generate-crash")
     result = run_generate(cfg, storage)
     assert marker.exists()  # the replica that took a batch died; Serve replaced it, the batch was re-sent
     assert result.n_samples == 8 and _responses(storage, result) == local_reference

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 # the stage tests' problems and config: the stream pool is checked on the same runs
-from test_generate_stage import _cfg
+from fixtures import tiny_generate_config
 from valley.generate.backends.base import Backend, Completion, Request, Sampling, sample_seed
 from valley.generate.backends.microbatch import MicroBatcher
 from valley.generate.config import GenerateConfig
@@ -160,7 +160,8 @@ def local_reference(tiny_model, lcb_file, tmp_path_factory):
     from valley.storage import Storage
 
     storage = Storage(str(tmp_path_factory.mktemp("ref")))
-    return _responses(storage, run_generate(_cfg(tiny_model, lcb_file, "ref", mode="local", batch_size=1), storage))
+    cfg = tiny_generate_config(tiny_model, lcb_file, "ref", mode="local", batch_size=1)
+    return _responses(storage, run_generate(cfg, storage))
 
 
 def test_stream_is_the_default_mode():
@@ -177,8 +178,8 @@ def test_stream_pool_survives_a_killed_replica_with_the_local_samples(ray_local,
     from valley.generate.stage import run_generate
 
     marker = tmp_path / "crashed"
-    cfg = _cfg(tiny_model, lcb_file, "stream", replicas=2, max_in_flight=3, max_retries=2,
-               fault_crash_once_file=str(marker))
+    cfg = tiny_generate_config(tiny_model, lcb_file, "stream", replicas=2, max_in_flight=3, max_retries=2,
+                               fault_crash_once_file=str(marker))
     assert cfg.pool.mode == "stream"
     result = run_generate(cfg, storage)
     assert marker.exists()  # a replica really died
@@ -197,7 +198,7 @@ def test_stream_pool_yields_problems_and_parts_reach_disk_before_the_end(ray_loc
     from valley.generate.stage import build_requests, render_prompts
     from valley.generate.writer import SAMPLES_DIR, SampleWriter
 
-    cfg = _cfg(tiny_model, lcb_file, "parts", replicas=1, max_in_flight=2)
+    cfg = tiny_generate_config(tiny_model, lcb_file, "parts", replicas=1, max_in_flight=2)
     problems = selection.load_problems(cfg.problems, cfg.filters).problems
     prompts = render_prompts(cfg, problems)
     requests = build_requests(problems, prompts, cfg, set())

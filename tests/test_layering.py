@@ -126,3 +126,62 @@ def test_problem_formats_are_a_bottom_layer_module():
     assert graph["valley.problems"] <= BOTTOM, graph["valley.problems"]
     assert "valley.problems" in graph["valley.generate.selection"]
     assert "valley.problems" in graph["valley.grade.stage"]
+
+
+# The floors of docs/architecture.md, lowest first. A module may import its own package and anything on a
+# lower floor; on its own floor only the shared modules (floors 0 and 1, and the top floor); never upward.
+FLOORS: list[set[str]] = [
+    {"valley.errors", "valley.schemas"},
+    {"valley.config", "valley.storage", "valley.stage", "valley.problems", "valley.manifest", "valley.legacy",
+     "valley.runtime", "valley.watchdog", "valley.stderr_filter", "valley.metrics"},
+    {"valley.data", "valley.train", "valley.generate", "valley.grade", "valley.report", "valley.decontam",
+     "valley.imports"},
+    {"valley.registry", "valley.capacity", "valley.experiment", "valley.demo", "valley.doctor", "valley.cli",
+     "valley"},
+]
+STAGE_FLOOR = 2
+# stage -> stage imports made on purpose (docs/architecture.md names each)
+ALLOWED_ACROSS_STAGES = {
+    ("valley.imports", "valley.grade"),  # `valley import --score` grades an import
+    ("valley.imports", "valley.report"),  # ... and reports it
+}
+
+
+def _unit(mod: str) -> tuple[int, str]:
+    """(floor, unit) of a module: the unit is its top-level package under valley (or the module itself)."""
+    for floor, units in enumerate(FLOORS):
+        for unit in sorted(units, key=len, reverse=True):
+            if unit == "valley" and mod != "valley":
+                continue
+            if _in(mod, unit):
+                return floor, unit
+    raise AssertionError(f"{mod} is on no floor: add it to FLOORS (and to docs/architecture.md)")
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for mod, targets in graph.items():
+        floor, unit = _unit(mod)
+        for target in targets:
+            t_floor, t_unit = _unit(target)
+            if t_unit == unit or t_floor < floor:
+                continue
+            if t_floor == floor and (floor != STAGE_FLOOR or (unit, t_unit) in ALLOWED_ACROSS_STAGES):
+                continue
+            found.append(f"{mod} (floor {floor}) -> {target} (floor {t_floor})")
+    return sorted(found)
+
+
+def test_every_module_is_on_a_floor():
+    for mod in import_graph():
+        _unit(mod)
+
+
+def test_no_module_imports_upward_or_across_stages():
+    assert layering_violations(import_graph()) == []
+
+
+def test_the_layering_check_sees_an_upward_import():
+    assert layering_violations({"valley.storage": {"valley.train.plan"}, "valley.train.plan": set()}) == [
+        "valley.storage (floor 1) -> valley.train.plan (floor 2)"]
+    assert layering_violations({"valley.train.plan": {"valley.data.pad"}, "valley.data.pad": set()}) != []

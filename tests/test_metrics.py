@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
 from math import comb
 
 import numpy as np
@@ -12,6 +10,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from fixtures import lcb_run_tables
 from valley.errors import InputError
 from valley.metrics import bootstrap_ratio, compute_run_metrics, join_run, pass_at_k
 
@@ -180,26 +179,9 @@ def test_duplicate_sample_and_missing_column_are_errors():
 
 
 # ---- real data: LiveCodeBench's own grading of Llama-3.1-8B-Instruct (n=10) --------------------
-LCB_CODES = {-2: "wrong_answer", -3: "time_limit", -4: "runtime_error"}
-
-
-def _lcb_run(path):
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        records = json.load(f)
-    s_rows, v_rows, p_rows = [], [], []
-    for r in records:
-        p_rows.append({k: r[k] for k in ("question_id", "question_content", "platform", "difficulty", "contest_date")})
-        for i, (out, code, ok, meta) in enumerate(zip(r["output_list"], r["code_list"], r["graded_list"], r["metadata"], strict=True)):
-            s_rows.append({"question_id": r["question_id"], "sample_idx": i, "response": out, "finish_reason": "stop"})
-            err = json.loads(meta).get("error_code")
-            verdict = "pass" if ok else "no_code" if not code.strip() else LCB_CODES.get(err, "runtime_error")
-            v_rows.append({"question_id": r["question_id"], "sample_idx": i, "verdict": verdict})
-    return records, pa.Table.from_pylist(s_rows), pa.Table.from_pylist(v_rows), pa.Table.from_pylist(p_rows)
-
-
 def test_pass_at_1_matches_livecodebench_on_real_verdicts(shared_data):
     path = shared_data / "lcb_verdicts" / "gu-ni__output_test6__LLama3.1-8b-Ins__Scenario.codegeneration_10_0.2_eval_all.json.gz"
-    records, samples, verdicts, problems = _lcb_run(path)
+    records, samples, verdicts, problems = lcb_run_tables(path)
     rows = _by_metric(compute_run_metrics(samples, verdicts, problems, max_tokens=32768, n_boot=300, seed=0))
     # lcb_runner stores each problem's pass@1; ours must agree overall and per difficulty.
     assert rows["pass@1"]["value"] == pytest.approx(np.mean([r["pass@1"] for r in records]))

@@ -7,79 +7,14 @@ import json
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pytest
 from PIL import Image
 
+from fixtures import REPORT_RUNS, lcb_run_tables, report_config, write_report_inputs
 from valley import schemas
 from valley.errors import ConfigError, InputError
 from valley.report.config import ReportConfig
 from valley.report.stage import run_report
-
-N_PROBLEMS, N_SAMPLES = 30, 4
-# (run_id, model, data_size, subset, checkpoint, epoch, pass prob, completion prob, think prob)
-RUNS = [
-    ("qwen-base", "Qwen2.5-7B-Instruct", 0, "random", "base", None, 0.40, 0.99, 0.0),
-    ("qwen-1k", "Qwen2.5-7B-Instruct", 1000, "random", "base", None, 0.20, 0.50, 0.6),
-    ("qwen-10k", "Qwen2.5-7B-Instruct", 10000, "random", "base", None, 0.15, 0.70, 0.9),
-    ("qwen-30k", "Qwen2.5-7B-Instruct", 30000, "random", "base", None, 0.30, 0.85, 1.0),
-    ("qwen-100k", "Qwen2.5-7B-Instruct", 100000, "random", "base", None, 0.55, 0.95, 1.0),
-    ("qwen-correct-6k", "Qwen2.5-7B-Instruct", 6000, "correct", "base", None, 0.18, 0.6, 0.9),
-    ("qwen-incorrect-6k", "Qwen2.5-7B-Instruct", 6000, "incorrect", "base", None, 0.17, 0.6, 0.9),
-    ("qwen-30k-easy-4k", "Qwen2.5-7B-Instruct", 4000, "easy", "30k", None, 0.35, 0.9, 1.0),
-    ("qwen-30k-hard-4k", "Qwen2.5-7B-Instruct", 4000, "hard", "30k", None, 0.28, 0.9, 1.0),
-    ("qwen-10k-e1", "Qwen2.5-7B-Instruct", 10000, "random", "base", 1, 0.10, 0.5, 0.8),
-    ("qwen-10k-e2", "Qwen2.5-7B-Instruct", 10000, "random", "base", 2, 0.13, 0.6, 0.9),
-    ("llama-base", "Llama-3.1-8B-Instruct", 0, "random", "base", None, 0.20, 0.98, 0.0),
-    ("llama-1k", "Llama-3.1-8B-Instruct", 1000, "random", "base", None, 0.08, 0.40, 0.5),
-    ("llama-10k", "Llama-3.1-8B-Instruct", 10000, "random", "base", None, 0.10, 0.70, 0.9),
-]
-
-
-def _write_inputs(storage) -> dict[str, tuple[str, str, str]]:
-    """All runs' samples in one table and verdicts in another (the stage filters on run_id)."""
-    rng = np.random.default_rng(0)
-    problems = pa.table(
-        {
-            "question_id": [f"q{i:02d}" for i in range(N_PROBLEMS)],
-            "question_content": ["solve it"] * N_PROBLEMS,
-            "platform": [("atcoder", "leetcode", "codeforces")[i % 3] for i in range(N_PROBLEMS)],
-            "difficulty": [("easy", "medium", "hard")[i % 3] for i in range(N_PROBLEMS)],
-            "contest_date": [f"2024-{1 + i % 12:02d}-15T00:00:00" for i in range(N_PROBLEMS)],
-            "tests": ["[]"] * N_PROBLEMS,
-        }
-    )
-    storage.write_parquet(problems, "inputs", "problems.parquet", schema=schemas.PROBLEMS)
-    s_rows, v_rows = [], []
-    for run_id, _, _, _, _, _, p_pass, p_done, p_think in RUNS:
-        for i in range(N_PROBLEMS):
-            ease = (1.5, 1.0, 0.5)[i % 3]
-            for j in range(N_SAMPLES):
-                done = rng.random() < p_done
-                think = rng.random() < p_think
-                passed = done and rng.random() < min(1.0, p_pass * ease / p_done)
-                s_rows.append(
-                    {
-                        "run_id": run_id, "question_id": f"q{i:02d}", "sample_idx": j,
-                        "response": ("<think>plan</think>\n" if think else "") + "```python\nprint(1)\n```",
-                        "n_tokens": int(rng.integers(100, 900)) if done else 1024,
-                        "finish_reason": "stop" if done else "length",
-                    }
-                )
-                verdict = "pass" if passed else ("no_code" if not done else str(rng.choice(["wrong_answer", "time_limit"])))
-                v_rows.append({"run_id": run_id, "question_id": f"q{i:02d}", "sample_idx": j, "verdict": verdict})
-    storage.write_parquet(pa.Table.from_pylist(s_rows), "inputs", "samples", "part-0.parquet", schema=schemas.SAMPLES)
-    storage.write_parquet(pa.Table.from_pylist(v_rows), "inputs", "verdicts.parquet", schema=schemas.VERDICTS)
-    return {r[0]: ("inputs/samples", "inputs/verdicts.parquet", "inputs/problems.parquet") for r in RUNS}
-
-
-def _config(paths, **kw) -> ReportConfig:
-    runs = []
-    for run_id, model, size, subset, ckpt, epoch, *_ in RUNS:
-        s, v, p = paths[run_id]
-        runs.append({"run_id": run_id, "model": model, "data_size": size, "subset": subset, "checkpoint": ckpt,
-                     "epoch": epoch, "samples": s, "verdicts": v, "problems": p})
-    return ReportConfig(experiment="valley-synthetic", runs=runs, max_tokens=1000, n_boot=200, seed=0, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +22,7 @@ def report(tmp_path_factory, ray_local):
     from valley.storage import Storage
 
     storage = Storage(str(tmp_path_factory.mktemp("report") / "store"))
-    cfg = _config(_write_inputs(storage))
+    cfg = report_config(write_report_inputs(storage))
     return storage, cfg, run_report(cfg, storage)
 
 
@@ -97,9 +32,9 @@ def test_results_parquet_one_row_per_run_and_metric(report):
     assert table.schema.names == schemas.RESULTS.names
     df = pl.from_arrow(table)
     assert df.select("run_id", "metric").is_duplicated().sum() == 0
-    assert set(df["run_id"].unique()) == {r[0] for r in RUNS}
+    assert set(df["run_id"].unique()) == {r[0] for r in REPORT_RUNS}
     assert set(df["experiment"].unique()) == {"valley-synthetic"}
-    assert result.n_rows == table.num_rows and result.n_runs == len(RUNS)
+    assert result.n_rows == table.num_rows and result.n_runs == len(REPORT_RUNS)
     # pass@1 of one run recomputed by hand from the inputs
     samples = pl.from_arrow(storage.read_parquet("inputs/samples"))
     verdicts = pl.from_arrow(storage.read_parquet("inputs/verdicts.parquet"))
@@ -189,7 +124,7 @@ def test_inline_path_matches_ray_tasks(report, tmp_path):
 
     storage, cfg, result = report
     other = Storage(str(tmp_path / "store2"))
-    inline_cfg = _config(_write_inputs(other), parallel=False)
+    inline_cfg = report_config(write_report_inputs(other), parallel=False)
     assert inline_cfg.config_hash() == cfg.config_hash()
     inline = run_report(inline_cfg, other)
     a = pl.from_arrow(storage.read_parquet(result.results)).sort("run_id", "metric")
@@ -201,8 +136,8 @@ def test_missing_table_and_unknown_run_id_are_input_errors(tmp_path):
     from valley.storage import Storage
 
     storage = Storage(str(tmp_path / "s"))
-    paths = _write_inputs(storage)
-    cfg = _config(paths, parallel=False)
+    paths = write_report_inputs(storage)
+    cfg = report_config(paths, parallel=False)
     bad = cfg.model_copy(update={"runs": [cfg.runs[0].model_copy(update={"verdicts": "inputs/nope.parquet"})]})
     with pytest.raises(InputError, match="verdicts table not found") as err:
         run_report(bad, storage)
@@ -217,10 +152,10 @@ def test_unmatched_rows_written_aside(tmp_path):
     from valley.storage import Storage
 
     storage = Storage(str(tmp_path / "s"))
-    paths = _write_inputs(storage)
+    paths = write_report_inputs(storage)
     verdicts = storage.read_parquet("inputs/verdicts.parquet")
     storage.write_parquet(verdicts.slice(3), "inputs", "verdicts_cut.parquet")  # qwen-base q00 samples 0-2
-    cfg = _config(paths, parallel=False)
+    cfg = report_config(paths, parallel=False)
     run = cfg.runs[0].model_copy(update={"verdicts": "inputs/verdicts_cut.parquet"})
     result = run_report(cfg.model_copy(update={"runs": [run]}), storage)
     aside = pl.from_arrow(storage.read_parquet(result.unmatched))
@@ -236,8 +171,8 @@ def test_max_tokens_comes_from_the_generate_run(tmp_path):
     from valley.storage import Storage
 
     storage = Storage(str(tmp_path / "s"))
-    paths = _write_inputs(storage)
-    given = _config(paths, parallel=False).model_copy(update={"runs": _config(paths).runs[:1]})
+    paths = write_report_inputs(storage)
+    given = report_config(paths, parallel=False).model_copy(update={"runs": report_config(paths).runs[:1]})
     unset = given.model_copy(update={"max_tokens": None})
     with pytest.raises(ConfigError, match="records no max_tokens.*set max_tokens"):
         run_report(unset, storage)
@@ -257,7 +192,7 @@ def test_config_rejects_duplicate_runs_and_bad_windows():
         build(ReportConfig, {"experiment": "e", "runs": [run], "date_windows": [["2024-13-01", "2025-01-01"]]})
 
 
-def test_job_entrypoint_runs_a_yaml_config(tmp_path, ray_local, capsys):
+def test_job_entrypoint_runs_a_yamlreport_config(tmp_path, ray_local, capsys):
     """jobs/report.py: YAML config + --set override -> the stage's result as JSON on stdout."""
     import runpy
     import sys
@@ -268,7 +203,7 @@ def test_job_entrypoint_runs_a_yaml_config(tmp_path, ray_local, capsys):
     from valley.storage import Storage
 
     storage = Storage(str(tmp_path / "store"))
-    cfg = _config(_write_inputs(storage))
+    cfg = report_config(write_report_inputs(storage))
     data = cfg.model_dump(mode="json")
     data["runs"] = [r for r in data["runs"] if r["model"].startswith("Llama")]
     (tmp_path / "report.yaml").write_text(yaml.safe_dump(data))
@@ -298,7 +233,6 @@ def test_job_entrypoint_runs_a_yaml_config(tmp_path, ray_local, capsys):
 
 def test_report_on_real_livecodebench_verdicts(shared_data, tmp_path):
     """Two real instruct-model evaluations graded by lcb_runner, reported as Table 1's base rows."""
-    from test_metrics import _lcb_run
     from valley.storage import Storage
 
     storage = Storage(str(tmp_path / "store"))
@@ -308,7 +242,7 @@ def test_report_on_real_livecodebench_verdicts(shared_data, tmp_path):
     }
     runs, expected = [], {}
     for run_id, (model, name) in files.items():
-        records, samples, verdicts, problems = _lcb_run(shared_data / "lcb_verdicts" / name)
+        records, samples, verdicts, problems = lcb_run_tables(shared_data / "lcb_verdicts" / name)
         expected[run_id] = float(np.mean([r["pass@1"] for r in records]))
         storage.write_parquet(samples, run_id, "samples.parquet")
         storage.write_parquet(verdicts, run_id, "verdicts.parquet")

@@ -18,7 +18,15 @@ from valley.experiment.executor import (
     fits,
     priorities,
 )
-from valley.experiment.graph import Node, StudyGraph, plan_rows
+from valley.experiment.graph import (
+    DataParams,
+    GenerateParams,
+    GradeParams,
+    Node,
+    StudyGraph,
+    TrainParams,
+    plan_rows,
+)
 from valley.experiment.status import StudyStatus, read_study, status_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +49,7 @@ def test_demo_graph_nodes_and_edges():
     assert nodes[f"train:{s}-correct-from-base"].deps == (f"data:{s}-labelled",)
     assert nodes[f"data:{s}-labelled"].deps == (f"label:{s}",)
     assert nodes[f"generate:{s}-r100-e1"].deps == (f"train:{s}-r100",)
-    assert nodes[f"generate:{s}-r100-e1"].params["epoch"] == 1
+    assert nodes[f"generate:{s}-r100-e1"].params.epoch == 1
     assert nodes[f"generate:{s}-base"].deps == ()
     assert nodes[f"grade:{s}-r400"].deps == (f"generate:{s}-r400",)
     assert set(nodes["report"].deps) == {n.id for n in g.nodes if n.kind == "grade"}
@@ -67,7 +75,7 @@ def test_paper_graph_nodes_and_edges():
     assert len(stage2) == 4 and all(f"train:{q}-r30000" in n.deps for n in stage2)
     assert all(not d.startswith("train:") or d == f"train:{q}-r30000" for n in stage2 for d in n.deps)
     assert g.node(f"train:{q}-r1000").resources == {"CPU": 64.0, "GPU": 8.0}
-    assert g.node(f"train:{q}-r1000").params["size"] == 1000
+    assert g.node(f"train:{q}-r1000").params.size == 1000
     # the two students share nothing
     llama = {n.id for n in g.nodes if n.student == "llama3.1-8b-instruct"}
     assert all(not (set(n.deps) & llama) for n in g.nodes if n.student == q)
@@ -106,11 +114,13 @@ def _toy_graph() -> StudyGraph:
     """a ─┬─ t1 ─ g1 ─ r1 ─┐
           ├─ t2 ─ g2 ─ r2 ─┼─ report
           └─ t3 ─ g3 ─ r3 ─┘"""
-    nodes = [Node("data:a", "data", "a")]
+    nodes = [Node("data:a", "data", "a", params=DataParams(()))]
     for i in (1, 2, 3):
-        nodes += [Node(f"train:t{i}", "train", f"t{i}", ("data:a",), {"CPU": 1}),
-                  Node(f"generate:g{i}", "generate", f"g{i}", (f"train:t{i}",), {"CPU": 1}, params={"run_id": f"g{i}"}),
-                  Node(f"grade:r{i}", "grade", f"r{i}", (f"generate:g{i}",), params={"run_id": f"g{i}"})]
+        nodes += [Node(f"train:t{i}", "train", f"t{i}", ("data:a",), {"CPU": 1},
+                       params=TrainParams(f"t{i}", "r1", 1, "data:a", None, False)),
+                  Node(f"generate:g{i}", "generate", f"g{i}", (f"train:t{i}",), {"CPU": 1},
+                       params=GenerateParams(f"g{i}", f"train:t{i}")),
+                  Node(f"grade:r{i}", "grade", f"r{i}", (f"generate:g{i}",), params=GradeParams(f"g{i}", f"generate:g{i}"))]
     nodes.append(Node("report", "report", "x", tuple(f"grade:r{i}" for i in (1, 2, 3))))
     return StudyGraph("toy", tuple(nodes), ())
 
@@ -200,8 +210,8 @@ def test_graph_rejects_a_node_before_its_dependency():
 
 def _following_graph() -> StudyGraph:
     return StudyGraph("follow", (
-        Node("generate:g", "generate", "g", (), {"CPU": 1}, params={"run_id": "g"}),
-        Node("grade:g", "grade", "g", ("generate:g",), params={"run_id": "g", "follows": ["generate:g"]}),
+        Node("generate:g", "generate", "g", (), {"CPU": 1}, params=GenerateParams("g", None)),
+        Node("grade:g", "grade", "g", ("generate:g",), params=GradeParams("g", "generate:g"), follows=("generate:g",)),
         Node("report", "report", "x", ("grade:g",)),
     ), ())
 

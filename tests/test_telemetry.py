@@ -84,7 +84,7 @@ def test_demo_training_run_writes_tensorboard_events(ray_local, tmp_path):
     from valley.train.stage import run_train
 
     tok = build_demo_tokenizer(tmp_path / "tok")
-    model = build_model(tmp_path, "tiny", tok)
+    model = build_model(tmp_path, "tiny", tok)  # bench_train's own model and rows: the run the benchmark times
     storage = Storage(str(tmp_path / "store"))
     from transformers import AutoConfig
 

@@ -18,6 +18,9 @@ class _Cfg:
     name: str
     task_resources: dict | None = None
 
+    def run_resources(self) -> dict:
+        return {}  # a task-spreading stage, like data
+
 
 def test_ledger_keeps_the_timing_of_the_run_that_did_the_work(storage):
     ledger = cost_ledger.CostLedger(storage, "exp")
@@ -37,11 +40,11 @@ def test_timed_records_only_inside_valley_run(storage):
         calls.append(cfg.name)
         return _Result()
 
-    assert cost_ledger.timed("data", stage, _Cfg("d"), storage).skipped is False  # no active ledger: nothing kept
+    assert cost_ledger.timed("data", _Cfg("d"), storage, run=stage).skipped is False  # no active ledger: nothing kept
     ledger = cost_ledger.CostLedger(storage, "exp")
     cost_ledger.activate(ledger)
     try:
-        cost_ledger.timed("data", stage, _Cfg("d"), storage)
+        cost_ledger.timed("data", _Cfg("d"), storage, run=stage)
     finally:
         cost_ledger.activate(None)
     assert calls == ["d", "d"] and [r["run"] for r in ledger.rows()] == ["d"]
@@ -73,7 +76,8 @@ def test_cost_table_rows_and_totals():
 
 
 def test_report_md_gains_the_cost_table(tmp_path):
-    from test_report import _config, _write_inputs
+    from fixtures import report_config as _config
+    from fixtures import write_report_inputs as _write_inputs
     from valley.report.stage import run_report
     from valley.storage import Storage
 

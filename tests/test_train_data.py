@@ -1,9 +1,5 @@
-"""Stand-in for the data stage's output (tokenized + packed demo traces) and the train stage's input checks.
-
-`build_data_dir` writes what the data stage writes — `tokenized/<subset>/part-*.parquet` (schemas.TOKENIZED),
-`tokenizer/`, `manifest.json`, `_SUCCESS` — from the demo traces, so train tests do not depend on the data
-stage's progress. It also returns the unpacked documents for parity checks.
-"""
+"""The train stage's input checks (plan_run, TrainConfig) on a stand-in for the data stage's output
+(`fixtures.build_data_dir`), so train tests do not depend on the data stage's progress."""
 
 from __future__ import annotations
 
@@ -12,111 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from valley import schemas
+from fixtures import build_data_dir
 from valley.errors import ConfigError, InputError
 from valley.storage import Storage
-
-
-def tokenize_doc(tok, question: str, response: str) -> tuple[list[int], list[int]]:
-    """Chat-templated ids and a loss mask that is 1 on the assistant turn only."""
-    def ids(messages, gen):
-        out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen)
-        return list(out["input_ids"] if hasattr(out, "keys") else out)
-
-    user = [{"role": "user", "content": question}]
-    prompt = ids(user, True)
-    full = ids(user + [{"role": "assistant", "content": response}], False)
-    assert full[: len(prompt)] == prompt
-    return full, [0] * len(prompt) + [1] * (len(full) - len(prompt))
-
-
-def pack(docs: list[dict], seq_len: int, pad_id: int) -> list[dict]:
-    """First-fit in order (the data stage uses best-fit; any packing is valid input)."""
-    rows: list[dict] = []
-    for d in docs:
-        n = len(d["input_ids"])
-        row = next((r for r in rows if len(r["input_ids"]) + n <= seq_len), None)
-        if row is None:
-            row = {"input_ids": [], "loss_mask": [], "position_ids": [], "trace_ids": [], "n_tokens": 0}
-            rows.append(row)
-        row["input_ids"] += d["input_ids"]
-        row["loss_mask"] += d["loss_mask"]
-        row["position_ids"] += list(range(n))
-        row["trace_ids"].append(d["id"])
-        row["n_tokens"] += n
-    for r in rows:
-        pad = seq_len - len(r["input_ids"])
-        r["input_ids"] += [pad_id] * pad
-        r["loss_mask"] += [0] * pad
-        r["position_ids"] += list(range(pad))
-        r["n_docs"] = len(r["trace_ids"])
-        r["n_loss_tokens"] = sum(r["loss_mask"])
-    return rows
-
-
-def statement(question: str) -> str:
-    """The question's first paragraph: the whole LCB-format question (examples, format) is 120-200 tokens,
-    so documents cut to a few hundred tokens would keep no response token to train on."""
-    return question.split("\n\n")[0]
-
-
-def tiny_model_and_docs(root: Path, max_tokens: int) -> tuple[Path, object, list[dict]]:
-    """The tiny demo student, its tokenizer and nine tokenized demo documents cut to `max_tokens`."""
-    from transformers import AutoTokenizer
-
-    from valley.demo import build_demo_tokenizer, build_tiny_model, make_traces
-
-    tok_dir = build_demo_tokenizer(root / "tok")
-    model_dir = build_tiny_model(root / "model", tok_dir, hidden_size=32, num_layers=2)
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    docs = []
-    for t in make_traces(9, seed=3):
-        ids, mask = tokenize_doc(tok, statement(t["question"]), t["response"])
-        docs.append({"id": t["id"], "input_ids": ids[:max_tokens], "loss_mask": mask[:max_tokens]})
-    return model_dir, tok, docs
-
-
-def build_data_dir(storage: Storage, tokenizer_dir: Path, *, n_traces: int, seq_len: int, seed: int = 0,
-                   name: str = "data/test-0", n_files: int = 2, packed: bool = True, max_doc: int | None = None
-                   ) -> tuple[str, list[dict]]:
-    """Docs are cut to `max_doc` tokens (default seq_len // 3) so that rows hold several documents."""
-    from transformers import AutoTokenizer
-
-    from valley.demo import make_traces
-
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    docs = []
-    for t in make_traces(n_traces, seed):
-        ids, mask = tokenize_doc(tok, statement(t["question"]), t["response"])
-        cut = max_doc or seq_len // 3
-        docs.append({"id": t["id"], "input_ids": ids[:cut], "loss_mask": mask[:cut]})
-    if packed:
-        rows = pack(docs, seq_len, tok.pad_token_id)
-    else:
-        rows = [{"input_ids": d["input_ids"], "loss_mask": d["loss_mask"], "position_ids": list(range(len(d["input_ids"]))),
-                 "trace_ids": [d["id"]], "n_tokens": len(d["input_ids"]), "n_docs": 1,
-                 "n_loss_tokens": sum(d["loss_mask"])} for d in docs]
-    per = -(-len(rows) // n_files)
-    for i in range(n_files):
-        part = rows[i * per:(i + 1) * per]
-        table = pa.Table.from_pylist(part, schema=schemas.TOKENIZED)
-        storage.write_parquet(table, name, "tokenized", "all", f"part-{i:05d}.parquet", schema=schemas.TOKENIZED)
-    for p in sorted(Path(tokenizer_dir).iterdir()):
-        storage.write_bytes(p.read_bytes(), name, "tokenizer", p.name)
-    storage.write_json({"seq_len": seq_len, "packing": "pack" if packed else "none",
-                        "subsets": {"all": {"rows": len(rows), "docs": len(docs)}}}, name, "manifest.json")
-    storage.mark_success(name, "test")
-    return name, docs
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from valley.demo import build_demo_tokenizer, build_tiny_model
-
-    root = tmp_path_factory.mktemp("tiny")
-    tok = build_demo_tokenizer(root / "tok")
-    model = build_tiny_model(root / "model", tok, hidden_size=32, num_layers=2)
-    return tok, model
 
 
 def rows_have_several_docs(storage: Storage, data: str) -> bool:
@@ -132,10 +26,10 @@ def _cfg(data: str, model: str, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def test_plan_counts_rows_and_steps(storage, tiny):
+def test_plan_counts_rows_and_steps(storage, tiny_train_model):
     from valley.train.plan import plan_run
 
-    tok, model = tiny
+    tok, model = tiny_train_model
     data, docs = build_data_dir(storage, tok, n_traces=30, seq_len=256)
     plan = plan_run(_cfg(data, str(model), epochs=3), storage, "train/x")
     assert rows_have_several_docs(storage, data)
@@ -149,14 +43,14 @@ def test_plan_counts_rows_and_steps(storage, tiny):
     assert plan.max_seq_len == 256 and len(plan.files) == 2
 
 
-def test_plan_is_frozen_and_travels_to_workers(storage, tiny):
+def test_plan_is_frozen_and_travels_to_workers(storage, tiny_train_model):
     """Workers get the plan through Ray's pickling and cannot change what the other ranks see."""
     import dataclasses
     import pickle
 
     from valley.train.plan import plan_run
 
-    tok, model = tiny
+    tok, model = tiny_train_model
     data, _ = build_data_dir(storage, tok, n_traces=30, seq_len=256)
     plan = plan_run(_cfg(data, str(model)), storage, "train/x")
     assert pickle.loads(pickle.dumps(plan)) == plan
@@ -164,14 +58,14 @@ def test_plan_is_frozen_and_travels_to_workers(storage, tiny):
         plan.pad_id = 3  # type: ignore[misc]
 
 
-def test_plan_takes_pad_id_and_seq_len_from_the_data_stage(storage, tiny, monkeypatch):
+def test_plan_takes_pad_id_and_seq_len_from_the_data_stage(storage, tiny_train_model, monkeypatch):
     from types import SimpleNamespace
 
     import transformers
 
     from valley.train.plan import plan_run
 
-    tok, model = tiny
+    tok, model = tiny_train_model
     data, _ = build_data_dir(storage, tok, n_traces=30, seq_len=256)
     manifest = storage.read_json(data, "manifest.json")
     storage.write_json({**manifest, "pad_id": 7, "pad_id_from": "eos_token_id"}, data, "manifest.json")
@@ -195,10 +89,10 @@ def test_plan_takes_pad_id_and_seq_len_from_the_data_stage(storage, tiny, monkey
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", broken)
     assert plan_run(_cfg(data, str(model)), storage, "train/x").pad_id == 0  # the trainer's padding before
 
-def test_plan_rejects_bad_inputs(storage, tiny):
+def test_plan_rejects_bad_inputs(storage, tiny_train_model):
     from valley.train.plan import plan_run
 
-    tok, model = tiny
+    tok, model = tiny_train_model
     data, _ = build_data_dir(storage, tok, n_traces=40, seq_len=256)
     with pytest.raises(ConfigError, match="subset 'nope'"):
         plan_run(_cfg(data, str(model), subset="nope"), storage, "train/x")

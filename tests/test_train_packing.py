@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from test_train_data import pack, tiny_model_and_docs
+from fixtures import pack, tiny_model_and_docs
 from valley.errors import InputError
 from valley.train.batches import steps, to_micro_batch
 from valley.train.packing_attention import (
@@ -144,7 +144,11 @@ def test_chunked_loss_matches_full_logits_loss_and_gradients(model_and_docs, chu
     assert torch.allclose(loss, reference, rtol=1e-6), (float(loss), float(reference))
     grads = dict(plain.named_parameters())
     for name, p in wrapped.lm.named_parameters():
-        assert torch.allclose(p.grad, grads[name].grad, atol=1e-6, rtol=1e-4), name
+        ref = grads[name].grad
+        # fp32 sums in another order: the tied embedding's gradient adds up thousands of terms (largest ~1e2),
+        # so an element can move by ~1e-5 on some CPUs' kernels; the bound scales with the tensor's size
+        scale = max(1.0, float(ref.abs().max()))
+        assert torch.allclose(p.grad, ref, atol=1e-6 * scale, rtol=1e-4), (name, float((p.grad - ref).abs().max()))
 
 
 def test_chunked_loss_with_more_chunks_than_targets():

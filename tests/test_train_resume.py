@@ -8,20 +8,18 @@ import json
 import pytest
 import torch
 
-from test_train_data import build_data_dir
+from fixtures import build_data_dir, build_tiny_train_model
 
 
 @pytest.mark.slow
 def test_killed_worker_resumes_to_the_same_weights(ray_local, storage, tmp_path):
     from safetensors.torch import load_file
 
-    from valley.demo import build_demo_tokenizer, build_tiny_model
     from valley.train.config import TrainConfig
     from valley.train.loop import KILL_FLAG
     from valley.train.stage import run_train
 
-    tok = build_demo_tokenizer(tmp_path / "tok")
-    model = build_tiny_model(tmp_path / "model", tok, hidden_size=32, num_layers=2)
+    tok, model = build_tiny_train_model(tmp_path)
     data, _ = build_data_dir(storage, tok, n_traces=40, seq_len=512)
     common = dict(data=data, model=str(model), global_batch_size=4, micro_batch_size=1, num_workers=2, epochs=2,
                   max_seq_len=512, learning_rate=3e-3, cpus_per_worker=0.5, checkpoint_every_steps=2)

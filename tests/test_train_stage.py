@@ -9,17 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_data import build_data_dir
+from fixtures import build_data_dir
 from valley.train.packing_attention import IGNORE
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from valley.demo import build_demo_tokenizer, build_tiny_model
-
-    root = tmp_path_factory.mktemp("tiny-e2e")
-    tok = build_demo_tokenizer(root / "tok")
-    return tok, build_tiny_model(root / "model", tok, hidden_size=32, num_layers=2)
 
 
 def _reference_step0(model_dir, docs):
@@ -46,14 +37,14 @@ def _weights(model_dir):
     return load_file(str(model_dir / "model.safetensors"))
 
 
-def test_train_two_workers_zero3_end_to_end(ray_local, storage, tiny):
+def test_train_two_workers_zero3_end_to_end(ray_local, storage, tiny_train_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from valley.train.config import TrainConfig
     from valley.train.plan import resolve_model
     from valley.train.stage import run_train
 
-    tok_dir, model_dir = tiny
+    tok_dir, model_dir = tiny_train_model
     data, docs = build_data_dir(storage, tok_dir, n_traces=24, seq_len=512, max_doc=170)
     rows = storage.read_parquet(data, "tokenized", "all").num_rows
     assert rows % 2 == 0 and rows >= 6, rows
@@ -109,7 +100,7 @@ def test_train_two_workers_zero3_end_to_end(ray_local, storage, tiny):
 
 
 @pytest.mark.slow
-def test_trains_on_the_data_stage_output(ray_local, storage, tmp_path, tiny):
+def test_trains_on_the_data_stage_output(ray_local, storage, tmp_path, tiny_train_model):
     """The real data stage's packed shards, tokenizer and manifest are valid train input (the interface)."""
     from valley.data.config import DataConfig, SubsetSpec
     from valley.data.stage import run_data
@@ -117,7 +108,7 @@ def test_trains_on_the_data_stage_output(ray_local, storage, tmp_path, tiny):
     from valley.train.config import TrainConfig
     from valley.train.stage import run_train
 
-    tok_dir, model_dir = tiny
+    tok_dir, model_dir = tiny_train_model
     traces = tmp_path / "traces.jsonl"
     traces.write_text("".join(json.dumps(r) + "\n" for r in make_traces(60, seed=5)))
     data = run_data(DataConfig(name="d", inputs=[str(traces)], tokenizer=str(tok_dir), max_seq_len=1024,
@@ -136,7 +127,7 @@ def test_trains_on_the_data_stage_output(ray_local, storage, tmp_path, tiny):
 
 
 @pytest.mark.slow
-def test_bf16_zero3_path_runs_and_exports_bf16(ray_local, storage, tiny):
+def test_bf16_zero3_path_runs_and_exports_bf16(ray_local, storage, tiny_train_model):
     """The GPU numerics (bf16 weights, fp32 gradient accumulation, bf16 export) through DeepSpeed's CPU
     accelerator, so the config that runs on H100s is exercised here too."""
     from safetensors.torch import load_file
@@ -144,7 +135,7 @@ def test_bf16_zero3_path_runs_and_exports_bf16(ray_local, storage, tiny):
     from valley.train.config import TrainConfig
     from valley.train.stage import run_train
 
-    tok_dir, model_dir = tiny
+    tok_dir, model_dir = tiny_train_model
     data, _ = build_data_dir(storage, tok_dir, n_traces=24, seq_len=512, name="data/bf16")
     cfg = TrainConfig(data=data, model=str(model_dir), global_batch_size=2, micro_batch_size=1, num_workers=2,
                       epochs=1, max_seq_len=512, precision="bf16", learning_rate=1e-3, cpus_per_worker=0.5,

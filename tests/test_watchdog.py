@@ -75,13 +75,11 @@ def test_training_worker_stalled_in_startup_fails_with_the_phase_named(ray_local
     (The limit must exceed the workers' normal start-up, which takes tens of seconds on a loaded machine.)"""
     import ray
 
-    from test_train_data import build_data_dir
-    from valley.demo import build_demo_tokenizer, build_tiny_model
+    from fixtures import build_data_dir, build_tiny_train_model
     from valley.train.config import TrainConfig
     from valley.train.stage import STALL_RECORD, run_train
 
-    tok = build_demo_tokenizer(tmp_path / "tok")
-    model = build_tiny_model(tmp_path / "model", tok, hidden_size=32, num_layers=2)
+    tok, model = build_tiny_train_model(tmp_path)
     data, _ = build_data_dir(storage, tok, n_traces=8, seq_len=256, name="data/stall")
     cfg = TrainConfig(name="stall", data=data, model=str(model), global_batch_size=2, micro_batch_size=1,
                       num_workers=2, epochs=1, max_seq_len=256, cpus_per_worker=0.5, max_failures=0,

@@ -17,7 +17,8 @@ from pydantic import AliasChoices
 # name -> (what older layout it reads, when it may go)
 SHIMS: dict[str, tuple[str, str]] = {
     "renamed_result_fields": ("stage markers written before results named their directory `stage_dir` "
-                          "(`output_dir`, before 2026-11)", "the next storage format"),
+                              "(`output_dir`) and generate's files `samples`/`problems` (`samples_uri`, "
+                              "`problems_uri`), before 2026-11", "the next storage format"),
     "paths_under_stage": ("stage markers holding absolute paths or URIs instead of root-relative paths "
                           "(before 2026-11)", "the next storage format"),
     "fault_alias": ("configs using the fault-injection fields' old names (train `debug_*`, generate "
@@ -35,7 +36,7 @@ SHIMS: dict[str, tuple[str, str]] = {
 }
 
 # Result fields renamed since markers were first written: old name -> new name.
-_OLD_RESULT_FIELDS: dict[str, str] = {"output_dir": "stage_dir"}
+_OLD_RESULT_FIELDS: dict[str, str] = {"output_dir": "stage_dir", "samples_uri": "samples", "problems_uri": "problems"}
 
 TRAIN_HASHED_ONLY_WHEN_SET: frozenset[str] = frozenset({"max_seq_len"})
 GENERATE_HASHED_ONLY_WHEN_SET: frozenset[str] = frozenset({"rope_scaling", "hf_overrides"})

@@ -52,7 +52,6 @@ class GenerateResult(StageResult):
     seconds: float = 0.0
 
     path_fields: ClassVar[tuple[str, ...]] = ("samples", "problems")
-    renamed_fields: ClassVar[dict[str, str]] = {"samples_uri": "samples", "problems_uri": "problems"}
     on_skip: ClassVar[dict[str, Any]] = {"n_generated": 0, "seconds": 0.0}
 
 

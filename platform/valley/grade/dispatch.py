@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import ray
@@ -203,6 +204,133 @@ def _task_places(pending: dict) -> str:
         return ""
 
 
+def _find_done(storage: Storage, out_dir: str, batches: list[Batch]) -> tuple[list[Batch], list[str]]:
+    """Split the batches into those still to grade and the names of parts already on disk, so a resumed
+    stage neither grades a batch twice nor forgets that a finished part may hold samples to re-run alone."""
+    todo, done = [], []
+    for b in batches:
+        if storage.exists(out_dir, b.name):
+            done.append(b.name)
+        else:
+            todo.append(b)
+    return todo, done
+
+
+@dataclass(frozen=True)
+class _Dispatcher:
+    """What both phases of `run_batches` share: how a batch becomes a Ray task and where its part goes."""
+
+    storage: Storage
+    out_dir: str
+    specs: dict[str, TestSpec]
+    settings: DispatchSettings
+    schema: pa.Schema
+    tests_dir: str | None
+    tests_schema: pa.Schema | None
+    task: Any  # _grade_batch_task with the settings' Ray options
+
+    @property
+    def per_test(self) -> bool:
+        return self.tests_dir is not None and self.tests_schema is not None
+
+    def submit(self, items: list[Item], alone: bool = False) -> ray.ObjectRef:
+        """Start grading `items` on a worker, shipping only the test specs they need."""
+        needed = {it.spec_id: self.specs[it.spec_id] for it in items}
+        s = self.settings
+        return self.task.remote(items, needed, s.limits, s.sandbox, s.bwrap, self.per_test, alone)
+
+    def write(self, b: Batch, rows: list[dict], test_rows: list[dict]) -> None:
+        """Write a batch's parts; the verdict part last, since its presence is what marks the batch finished."""
+        if self.per_test:
+            self.storage.write_parquet(pa.Table.from_pylist(test_rows, schema=self.tests_schema), self.tests_dir,
+                                       b.name)
+        self.storage.write_parquet(pa.Table.from_pylist(rows, schema=self.schema), self.out_dir, b.name)
+
+
+def _grade_all(dispatcher: _Dispatcher, todo: list[Batch], on_part: Callable[[str, int], None] | None,
+               stats: RunStats) -> set[str]:
+    """Phase 1: every batch at up to `max_in_flight` tasks, each part written as its task returns and its
+    samples counted into `stats.graded`. Returns the names of the parts with samples to re-run alone."""
+    stall_timeout_s = dispatcher.settings.stall_timeout_s
+    flagged: set[str] = set()
+    pending: dict[ray.ObjectRef, Batch] = {}
+    queue = list(reversed(todo))
+    last = time.monotonic()
+    while queue or pending:
+        while queue and len(pending) < dispatcher.settings.max_in_flight:
+            b = queue.pop()
+            pending[dispatcher.submit(b.items)] = b
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, last + stall_timeout_s - time.monotonic()))
+        if not done:
+            raise _stalled("grading batches", stall_timeout_s, pending)
+        last = time.monotonic()
+        for ref in done:
+            b = pending.pop(ref)
+            rows, test_rows = _result(ref, b)
+            dispatcher.write(b, rows, test_rows)
+            if any(r["needs_rerun"] for r in rows):
+                flagged.add(b.name)
+            stats.graded += len(rows)
+            if on_part:
+                on_part(b.name, len(rows))
+    return flagged
+
+
+def _key_of(row: dict, b: Batch) -> tuple[tuple[str, object], ...]:
+    """A part row's `Item.key`, rebuilt from the batch's key columns."""
+    return tuple((k, row[k]) for k, _ in b.items[0].key)
+
+
+def _rerun_part_alone(dispatcher: _Dispatcher, b: Batch) -> int:
+    """Re-run alone the flagged samples of one finished part and rewrite the part once they are done (so a
+    crash here resumes here). Returns how many samples were re-run."""
+    part = dispatcher.storage.read_parquet(dispatcher.out_dir, b.name)
+    flags = part.column("needs_rerun").to_pylist() if "needs_rerun" in part.column_names else []
+    if not any(flags):
+        return 0
+    rows = part.to_pylist()
+    by_key = {it.key: it for it in b.items}
+    flagged = [i for i, f in enumerate(flags) if f]
+    items = [by_key[_key_of(rows[i], b)] for i in flagged]
+    log.info("re-running %d sample(s) of %s alone (wall-clock kill under the CPU limit, or grader error)",
+             len(items), b.name)
+    stall_timeout_s = dispatcher.settings.stall_timeout_s
+    ref = dispatcher.submit(items, alone=True)
+    done, _ = ray.wait([ref], timeout=stall_timeout_s)
+    if not done:
+        raise _stalled("re-running samples alone", stall_timeout_s, {ref: b})
+    new_rows, new_tests = _result(ref, Batch(b.name, items))
+    for i, row in zip(flagged, new_rows):
+        rows[i] = row
+    test_rows = _merged_test_rows(dispatcher, b, items, new_tests) if dispatcher.per_test else []
+    dispatcher.write(b, rows, test_rows)
+    return len(items)
+
+
+def _merged_test_rows(dispatcher: _Dispatcher, b: Batch, items: list[Item], new_tests: list[dict]) -> list[dict]:
+    """The part's per-test rows with those of the re-run samples replaced by their new ones."""
+    rerun_keys = {it.key for it in items}
+    storage, tests_dir = dispatcher.storage, dispatcher.tests_dir
+    old = storage.read_parquet(tests_dir, b.name).to_pylist() if storage.exists(tests_dir, b.name) else []
+    return [t for t in old if _key_of(t, b) not in rerun_keys] + new_tests
+
+
+def _rerun_flagged_alone(dispatcher: _Dispatcher, batches: list[Batch], check: set[str]) -> int:
+    """Phase 2: the parts that may hold flagged samples, one batch at a time with nothing else of the stage
+    running, so a verdict that may be the host's fault is decided on an unloaded machine."""
+    return sum(_rerun_part_alone(dispatcher, b) for b in batches if b.name in check)
+
+
+def _remove_stale_parts(storage: Storage, dirs: Sequence[str | None], expected: set[str]) -> None:
+    """Drop parts left by an interrupted run with another batch size, which would otherwise be read twice."""
+    for d in dirs:
+        if d is None:
+            continue
+        for name in storage.list(d, suffix=".parquet"):
+            if name not in expected:
+                storage.remove(d, name)
+
+
 def run_batches(
     storage: Storage,
     out_dir: str,
@@ -220,90 +348,17 @@ def run_batches(
     re-run alone the samples that need it (`rerun_flagged=False`: leave them to a later call, e.g. while
     generation still loads the machine)."""
     t0 = time.monotonic()
-    limits, sandbox, bwrap = settings.limits, settings.sandbox, settings.bwrap
-    stall_timeout_s = settings.stall_timeout_s
     stats = RunStats(batches=len(batches), parts=[b.name for b in batches])
-    todo, check = [], set()  # `check`: parts that may hold samples flagged for a re-run alone
-    for b in batches:
-        if storage.exists(out_dir, b.name):
-            stats.skipped_batches += 1
-            check.add(b.name)
-        else:
-            todo.append(b)
-    schema = with_extra_fields(schema)
+    todo, done = _find_done(storage, out_dir, batches)
+    stats.skipped_batches = len(done)
     # A worker that dies is retried by Ray (so is a task that raised SandboxError, kept for safety).
     task = _grade_batch_task.options(num_cpus=settings.num_cpus, resources=dict(settings.resources),
                                      max_retries=settings.max_retries, retry_exceptions=[SandboxError])
-    per_test = tests_dir is not None and tests_schema is not None
-
-    def write(b: Batch, rows: list[dict], test_rows: list[dict]) -> None:
-        if per_test:
-            storage.write_parquet(pa.Table.from_pylist(test_rows, schema=tests_schema), tests_dir, b.name)
-        # The verdict part is written last: its presence is what marks the batch finished.
-        storage.write_parquet(pa.Table.from_pylist(rows, schema=schema), out_dir, b.name)
-
-    def submit(items: list[Item], alone: bool = False) -> ray.ObjectRef:
-        needed = {it.spec_id: specs[it.spec_id] for it in items}
-        return task.remote(items, needed, limits, sandbox, bwrap, per_test, alone)
-
-    pending: dict[ray.ObjectRef, Batch] = {}
-    queue = list(reversed(todo))
-    last = time.monotonic()
-    while queue or pending:
-        while queue and len(pending) < settings.max_in_flight:
-            b = queue.pop()
-            pending[submit(b.items)] = b
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, last + stall_timeout_s - time.monotonic()))
-        if not done:
-            raise _stalled("grading batches", stall_timeout_s, pending)
-        last = time.monotonic()
-        for ref in done:
-            b = pending.pop(ref)
-            rows, test_rows = _result(ref, b)
-            write(b, rows, test_rows)
-            if any(r["needs_rerun"] for r in rows):
-                check.add(b.name)
-            stats.graded += len(rows)
-            if on_part:
-                on_part(b.name, len(rows))
-
-    # Phase 2: flagged samples one batch at a time, nothing else of ours running; a part is rewritten
-    # only once its re-runs are done, so a crash here resumes here.
-    for b in batches:
-        if b.name not in check or not rerun_flagged:
-            continue
-        part = storage.read_parquet(out_dir, b.name)
-        flags = part.column("needs_rerun").to_pylist() if "needs_rerun" in part.column_names else []
-        if not any(flags):
-            continue
-        rows = part.to_pylist()
-        by_key = {it.key: it for it in b.items}
-        flagged = [i for i, f in enumerate(flags) if f]
-        items = [by_key[tuple((k, rows[i][k]) for k, _ in b.items[0].key)] for i in flagged]
-        log.info("re-running %d sample(s) of %s alone (wall-clock kill under the CPU limit, or grader error)",
-                 len(items), b.name)
-        ref = submit(items, alone=True)
-        done, _ = ray.wait([ref], timeout=stall_timeout_s)
-        if not done:
-            raise _stalled("re-running samples alone", stall_timeout_s, {ref: b})
-        new_rows, new_tests = _result(ref, Batch(b.name, items))
-        for i, row in zip(flagged, new_rows):
-            rows[i] = row
-        test_rows = []
-        if per_test:
-            rerun_keys = {it.key for it in items}
-            old = storage.read_parquet(tests_dir, b.name).to_pylist() if storage.exists(tests_dir, b.name) else []
-            test_rows = [t for t in old if tuple((k, t[k]) for k, _ in b.items[0].key) not in rerun_keys]
-            test_rows += new_tests
-        write(b, rows, test_rows)
-        stats.reruns_alone += len(items)
-
-    expected = set(stats.parts)
-    for d in (out_dir, tests_dir):
-        if d is None:
-            continue
-        for name in storage.list(d, suffix=".parquet"):
-            if name not in expected:  # left by an interrupted run with another batch size
-                storage.remove(d, name)
+    dispatcher = _Dispatcher(storage, out_dir, specs, settings, with_extra_fields(schema), tests_dir, tests_schema,
+                             task)
+    check = set(done) | _grade_all(dispatcher, todo, on_part, stats)  # parts that may hold flagged samples
+    if rerun_flagged:
+        stats.reruns_alone = _rerun_flagged_alone(dispatcher, batches, check)
+    _remove_stale_parts(storage, (out_dir, tests_dir), set(stats.parts))
     stats.seconds = time.monotonic() - t0
     return stats

@@ -97,24 +97,14 @@ def _encode_keys(
     return s.with_columns(s_key.alias("_key")), v.with_columns(v_key.alias("_key"))
 
 
-def join_run(
+def _required_frames(
     samples: pa.Table | pl.DataFrame,
     verdicts: pa.Table | pl.DataFrame,
     problems: pa.Table | pl.DataFrame,
-    *,
-    max_tokens: int,
-    sources: dict[str, str] | None = None,
-) -> JoinedRun:
-    """Join on (run_id,) question_id, sample_idx and derive pass / completed / think per sample.
-
-    completed: finish_reason == "stop" and n_tokens <= max_tokens, so "length" (the budget ran out) and
-    "context" (the window filled first) are both incomplete (a null n_tokens trusts the
-    finish reason; a null finish reason makes it unknown). think: the response, after leading whitespace, begins with "<think>" — the
-    paper counts a response that *begins* with the tag; we strip whitespace first because chat
-    templates often leave a newline before the first generated token, which is not a choice the
-    model made.
-    """
-    sources = sources or {}
+    sources: dict[str, str],
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, list[str]]:
+    """The three inputs as frames, refused (naming file, row and field) when a column the join needs is
+    missing or null, and the join key: run_id is part of it only when samples and verdicts both carry it."""
     s = _frame(samples, "samples", ["question_id", "sample_idx", "response", "finish_reason"], sources)
     v = _frame(verdicts, "verdicts", ["question_id", "sample_idx", "verdict"], sources)
     p = _frame(problems, "problems", ["question_id"], sources)
@@ -124,6 +114,11 @@ def join_run(
     _check_not_null(s, "samples", [*keys, "response"], sources)
     _check_not_null(v, "verdicts", [*keys, "verdict"], sources)
     _check_not_null(p, "problems", ["question_id"], sources)
+    return s, v, p, keys
+
+
+def _check_verdict_values(v: pl.DataFrame, sources: dict[str, str]) -> None:
+    """Refuse a verdict outside the schema's values, which would otherwise count silently as a failure."""
     bad = v.with_row_index("_row").filter(~pl.col("verdict").is_in(list(VERDICT_VALUES)))
     if bad.height:
         first = bad.row(0, named=True)
@@ -133,13 +128,25 @@ def join_run(
             row=int(first["_row"]),
             field="verdict",
         )
-    if "n_tokens" not in s.columns:
-        s = s.with_columns(pl.lit(None, dtype=pl.Int64).alias("n_tokens"))
+
+
+def _keyed_unique(
+    s: pl.DataFrame, v: pl.DataFrame, p: pl.DataFrame, keys: list[str], sources: dict[str, str]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Samples and verdicts with their integer `_key`, once no sample, verdict or problem repeats its key:
+    a repeat would multiply rows in the join and count one sample twice."""
     s, v = _encode_keys(s, v, keys, sources)
     _check_unique(s, "_key", "samples", keys, sources)
     _check_unique(v, "_key", "verdicts", keys, sources)
     _check_unique(p, "question_id", "problems", ["question_id"], sources)
+    return s, v
 
+
+def _sample_outcomes(s: pl.DataFrame, v: pl.DataFrame, max_tokens: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every sample with its verdict ("ungraded" when it has none) and its derived passed / completed /
+    think, plus the verdicts that matched no sample (kept apart, never dropped silently)."""
+    if "n_tokens" not in s.columns:  # no token counts: completion trusts the finish reason
+        s = s.with_columns(pl.lit(None, dtype=pl.Int64).alias("n_tokens"))
     joined = s.select("_key", "question_id", "sample_idx", "response", "finish_reason", "n_tokens").join(
         v.select("_key", "verdict"), on="_key", how="left"
     )
@@ -161,7 +168,12 @@ def join_run(
         pl.col("response").str.contains(THINK_AT_START).alias("think"),
         pl.col("n_tokens").cast(pl.Int64),
     )
-    attrs = p.select(
+    return frame, orphans
+
+
+def _problem_attributes(p: pl.DataFrame) -> pl.DataFrame:
+    """The problems' breakdown attributes, normalised, and "unknown" (a null date) where a column is absent."""
+    return p.select(
         pl.col("question_id").cast(pl.String),
         *[
             (_label(pl.col(c)) if c in p.columns else pl.lit(UNKNOWN)).alias(c)
@@ -170,12 +182,42 @@ def join_run(
         (pl.col("contest_date").cast(pl.String) if "contest_date" in p.columns else pl.lit(None, dtype=pl.String))
         .alias("contest_date"),
     )
+
+
+def _counted(frame: pl.DataFrame, attrs: pl.DataFrame, orphans: pl.DataFrame) -> JoinedRun:
+    """The joined run with grader errors left out (not a model failure: such a sample is no evidence either
+    way) and counted, as are the samples without a verdict and those without a problem."""
     n_grader_error = int((frame["verdict"] == GRADER_ERROR).sum())
-    if n_grader_error:  # not a model failure: such a sample is no evidence either way
+    if n_grader_error:
         frame = frame.filter(pl.col("verdict") != GRADER_ERROR)
     n_ungraded = int((frame["verdict"] == UNGRADED).sum())
     n_without = frame.join(attrs.select("question_id"), on="question_id", how="anti").height
     return JoinedRun(frame, attrs, orphans, n_ungraded, n_without, n_grader_error)
+
+
+def join_run(
+    samples: pa.Table | pl.DataFrame,
+    verdicts: pa.Table | pl.DataFrame,
+    problems: pa.Table | pl.DataFrame,
+    *,
+    max_tokens: int,
+    sources: dict[str, str] | None = None,
+) -> JoinedRun:
+    """Join on (run_id,) question_id, sample_idx and derive pass / completed / think per sample.
+
+    completed: finish_reason == "stop" and n_tokens <= max_tokens, so "length" (the budget ran out) and
+    "context" (the window filled first) are both incomplete (a null n_tokens trusts the
+    finish reason; a null finish reason makes it unknown). think: the response, after leading whitespace,
+    begins with "<think>" — the paper counts a response that *begins* with the tag; we strip whitespace
+    first because chat templates often leave a newline before the first generated token, which is not a
+    choice the model made.
+    """
+    sources = sources or {}
+    s, v, p, keys = _required_frames(samples, verdicts, problems, sources)
+    _check_verdict_values(v, sources)
+    s, v = _keyed_unique(s, v, p, keys, sources)
+    frame, orphans = _sample_outcomes(s, v, max_tokens)
+    return _counted(frame, _problem_attributes(p), orphans)
 
 
 def _label(col: pl.Expr) -> pl.Expr:

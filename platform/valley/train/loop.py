@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -25,7 +26,10 @@ from valley.train.plan import TrainPlan
 from valley.train.schedule import lr_lambda
 from valley.watchdog import Heartbeat
 
-KILL_FLAG = "_debug_killed_once"
+if TYPE_CHECKING:
+    from valley.storage import Storage
+
+KILL_FLAG = "_fault_killed_once"
 # What a worker reports to the stage's watchdog, in order (a stall names the phase it happened in).
 PHASES = ("worker_start", "model_fetch", "process_group", "model_load", "deepspeed_init", "restore", "first_step",
           "train_step", "checkpoint", "export", "done")
@@ -225,15 +229,32 @@ def _heartbeat(loop_config: dict[str, Any], cfg: TrainConfig, rank: int, world: 
                      on_beat=lambda phase: _maybe_stall(cfg, phase, rank, world))
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point on every Ray Train worker."""
+@dataclass(frozen=True)
+class _Worker:
+    """Who this rank is and what it runs on, fixed from worker start to the end of the loop."""
+
+    cfg: TrainConfig
+    plan: TrainPlan
+    rank: int
+    world: int
+    device: torch.device
+    hb: Heartbeat
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What the setup phase built: the DeepSpeed engine and the local model files it and the exports need."""
+
+    spec: EngineSpec
+    tokenizer_dir: str
+    model_config: Any  # the student's transformers config, for the FLOP count of each step
+    engine: Any
+
+
+def _start_worker(loop_config: dict[str, Any]) -> _Worker:
+    """Worker start: the config, this rank's place in the group, its heartbeat and its device."""
     import ray.train
     import ray.train.torch
-    from transformers import AutoConfig
-
-    from valley.storage import Storage
-    from valley.train import checkpoint, export
-    from valley.train.transfer import local_dir
 
     cfg = TrainConfig.model_validate(loop_config["cfg"])
     plan: TrainPlan = loop_config["plan"]
@@ -248,80 +269,161 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.cuda.set_device(device)
     elif cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
-    hb.beat("model_fetch", plan.model_uri)
+    return _Worker(cfg, plan, rank, world, device, hb)
+
+
+def _build_engine(w: _Worker) -> _Setup:
+    """Setup: fetch the model and tokenizer to this node, then build the DeepSpeed engine over them."""
+    from transformers import AutoConfig
+
+    from valley.storage import Storage
+    from valley.train.transfer import local_dir
+
+    cfg, plan = w.cfg, w.plan
+    w.hb.beat("model_fetch", plan.model_uri)
     spec = EngineSpec(
         model_dir=local_dir(Storage(plan.model_uri), ""),
         attn_implementation=_attn_impl(cfg),
         total_steps=plan.total_steps,
-        peak_flops=peak_flops(torch.cuda.get_device_name(device), cfg.peak_tflops) if cfg.use_gpu else None,
+        peak_flops=peak_flops(torch.cuda.get_device_name(w.device), cfg.peak_tflops) if cfg.use_gpu else None,
     )
     tokenizer_dir = local_dir(Storage(plan.tokenizer_uri), "")
     model_config = AutoConfig.from_pretrained(spec.model_dir)
-    engine, _ = _setup_deepspeed(cfg, spec, world, device, hb)
+    engine, _ = _setup_deepspeed(cfg, spec, w.world, w.device, w.hb)
+    return _Setup(spec, tokenizer_dir, model_config, engine)
 
-    hb.beat("restore")
-    state = checkpoint.restore(engine, rank) or {"step": 0, "history": []}
-    step, history = int(state["step"]), list(state["history"])
-    accum, steps_per_epoch, total_steps = plan.accum, plan.steps_per_epoch, plan.total_steps
-    storage = Storage(plan.storage_root)
-    export_dtype = cfg.export_dtype if cfg.export_dtype != "auto" else \
-        ("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
 
-    def export_to(parts: list[str], epoch_done: int) -> None:
-        hb.beat("export", "/".join(parts))
-        export.export(engine.module.lm, rank, export_dtype, tokenizer_dir, spec.model_dir,
-                      plan.storage_root, [plan.out_dir, *parts],
-                      extra={"config_hash": plan.config_hash, "steps": step, "epoch": epoch_done})
+def _restore(w: _Worker, setup: _Setup) -> _Training:
+    """Resume from the run's latest checkpoint (the step reached and the metrics so far), or start at 0."""
+    from valley.storage import Storage
+    from valley.train import checkpoint
 
-    def export_epoch_if_due() -> None:
-        """At an epoch boundary short of the end, export once (also when a restart lands right here)."""
-        done, mid = divmod(step, steps_per_epoch)
-        if not cfg.export_every_epoch or mid or done == 0 or step >= total_steps:
-            return
-        missing = rank == 0 and not export.is_exported(storage, plan.out_dir, epoch_model_name(done))
-        if _all_sum([1.0 if missing else 0.0], device)[0] > 0:  # rank 0 decides for everyone
-            export_to([epoch_model_name(done)], done)
+    w.hb.beat("restore")
+    state = checkpoint.restore(setup.engine, w.rank) or {"step": 0, "history": []}
+    return _Training(w, setup, Storage(w.plan.storage_root), int(state["step"]), list(state["history"]))
 
-    engine.train()
-    export_epoch_if_due()
-    hb.beat("first_step", f"reading data, then step {step + 1}/{total_steps}")
-    while step < total_steps:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
+
+@dataclass
+class _Training:
+    """The training phase of one rank: its only changing state is the step reached and the metrics history,
+    which checkpoints, exports and `metrics.jsonl` all take from here."""
+
+    worker: _Worker
+    setup: _Setup
+    storage: Storage
+    step: int
+    history: list[dict[str, Any]]
+
+    def run(self) -> None:
+        """Train from the restored step to the plan's last, one epoch's data shard at a time, then export."""
+        plan = self.worker.plan
+        self.setup.engine.train()
+        self._export_epoch_if_due()
+        self.worker.hb.beat("first_step", f"reading data, then step {self.step + 1}/{plan.total_steps}")
+        while self.step < plan.total_steps:
+            self._run_epoch(*divmod(self.step, plan.steps_per_epoch))
+        self._finish()
+
+    def _micro_batches(self, epoch: int) -> Iterator[MicroBatch]:
+        """This rank's shard of the epoch's dataset, as micro-batches in the planned order."""
+        import ray.train
+
+        cfg, plan = self.worker.cfg, self.worker.plan
         shard = ray.train.get_dataset_shard(epoch_dataset_name(epoch))
         it = shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="pyarrow", drop_last=True,
                                 prefetch_batches=2)
-        micro = (to_micro_batch(b.select(TRAIN_COLUMNS), max_seq_len=plan.max_seq_len, pad_id=plan.pad_id)
-                 for b in it)
-        for i, group in enumerate(steps(micro, accum)):
-            if i < in_epoch:  # already trained on before the restart: same order, skip it
+        return (to_micro_batch(b.select(TRAIN_COLUMNS), max_seq_len=plan.max_seq_len, pad_id=plan.pad_id)
+                for b in it)
+
+    def _run_epoch(self, epoch: int, in_epoch: int) -> None:
+        """The steps of one epoch from `in_epoch` on (the earlier ones were trained before a restart: same
+        order, skipped); a shard that runs out early fails the run rather than shifting later epochs."""
+        w, s = self.worker, self.setup
+        steps_per_epoch, total_steps = w.plan.steps_per_epoch, w.plan.total_steps
+        for i, group in enumerate(steps(self._micro_batches(epoch), w.plan.accum)):
+            if i < in_epoch:
                 continue
-            metrics = _train_step(engine, group, cfg, spec, world, device, model_config)
-            step += 1
-            hb.beat("train_step", f"step {step}/{total_steps} done")
-            metrics.update(step=step, epoch=epoch + (i + 1) / steps_per_epoch, time=time.time())
-            history.append(metrics)
-            if rank == 0 and step % cfg.log_every_steps == 0:
-                print(_log_line(metrics, total_steps), flush=True)
-            epoch_end = cfg.export_every_epoch and step % steps_per_epoch == 0
-            if step % cfg.checkpoint_every_steps == 0 or step == total_steps or epoch_end:
-                hb.beat("checkpoint", f"step {step}")
-                checkpoint.save_and_report(engine, {"step": step, "history": history}, metrics)
-                if rank == 0:
-                    _write_history(storage, plan.out_dir, history)
-                _maybe_kill(cfg, step, rank, world, plan)
-                export_epoch_if_due()
-            elif step % cfg.report_every_steps == 0:
-                ray.train.report(metrics)
-            if i + 1 >= steps_per_epoch or step >= total_steps:
+            metrics = _train_step(s.engine, group, w.cfg, s.spec, w.world, w.device, s.model_config)
+            self._record(metrics, epoch + (i + 1) / steps_per_epoch)
+            self._checkpoint_or_report(metrics)
+            if i + 1 >= steps_per_epoch or self.step >= total_steps:
                 break
+        step = self.step
         if step < total_steps and step % steps_per_epoch:
             raise RuntimeError(f"epoch {epoch} ended after {step % steps_per_epoch} of {steps_per_epoch} steps on "
-                               f"rank {rank}: the dataset shard yielded fewer rows than planned")
-    export_to(["model"], cfg.epochs)
-    if rank == 0:
-        _write_history(storage, plan.out_dir, history)
-    dist.barrier()
-    hb.beat("done")
+                               f"rank {w.rank}: the dataset shard yielded fewer rows than planned")
+
+    def _record(self, metrics: dict[str, Any], epoch: float) -> None:
+        """Count the step done: a heartbeat, its place in the run added to its metrics, history, log line."""
+        self.step += 1
+        self.worker.hb.beat("train_step", f"step {self.step}/{self.worker.plan.total_steps} done")
+        metrics.update(step=self.step, epoch=epoch, time=time.time())
+        self.history.append(metrics)
+        if self.worker.rank == 0 and self.step % self.worker.cfg.log_every_steps == 0:
+            print(_log_line(metrics, self.worker.plan.total_steps), flush=True)
+
+    def _checkpoint_or_report(self, metrics: dict[str, Any]) -> None:
+        """A checkpoint (which reports the metrics with it) when one is due, else a plain report when due."""
+        import ray.train
+
+        cfg, step = self.worker.cfg, self.step
+        epoch_end = cfg.export_every_epoch and step % self.worker.plan.steps_per_epoch == 0
+        if step % cfg.checkpoint_every_steps == 0 or step == self.worker.plan.total_steps or epoch_end:
+            self._checkpoint(metrics)
+        elif step % cfg.report_every_steps == 0:
+            ray.train.report(metrics)
+
+    def _checkpoint(self, metrics: dict[str, Any]) -> None:
+        """Save and report the checkpoint, write the history, then the fault drill and the epoch's export
+        (both after the checkpoint, so a killed or restarted run resumes from it)."""
+        from valley.train import checkpoint
+
+        w = self.worker
+        w.hb.beat("checkpoint", f"step {self.step}")
+        checkpoint.save_and_report(self.setup.engine, {"step": self.step, "history": self.history}, metrics)
+        if w.rank == 0:
+            _write_history(self.storage, w.plan.out_dir, self.history)
+        _maybe_kill(w.cfg, self.step, w.rank, w.world, w.plan)
+        self._export_epoch_if_due()
+
+    def _export_epoch_if_due(self) -> None:
+        """At an epoch boundary short of the end, export once (also when a restart lands right here)."""
+        from valley.train import export
+
+        w = self.worker
+        done, mid = divmod(self.step, w.plan.steps_per_epoch)
+        if not w.cfg.export_every_epoch or mid or done == 0 or self.step >= w.plan.total_steps:
+            return
+        missing = w.rank == 0 and not export.is_exported(self.storage, w.plan.out_dir, epoch_model_name(done))
+        if _all_sum([1.0 if missing else 0.0], w.device)[0] > 0:  # rank 0 decides for everyone
+            self._export_to([epoch_model_name(done)], done)
+
+    def _export_to(self, parts: list[str], epoch_done: int) -> None:
+        """Collective: write the model as a Hugging Face directory under the stage's `parts`."""
+        from valley.train import export
+
+        w, s, cfg = self.worker, self.setup, self.worker.cfg
+        export_dtype = cfg.export_dtype if cfg.export_dtype != "auto" else \
+            ("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
+        w.hb.beat("export", "/".join(parts))
+        export.export(s.engine.module.lm, w.rank, export_dtype, s.tokenizer_dir, s.spec.model_dir,
+                      w.plan.storage_root, [w.plan.out_dir, *parts],
+                      extra={"config_hash": w.plan.config_hash, "steps": self.step, "epoch": epoch_done})
+
+    def _finish(self) -> None:
+        """The final model under `model/`, the full history, then a barrier so that no rank leaves early."""
+        w = self.worker
+        self._export_to(["model"], w.cfg.epochs)
+        if w.rank == 0:
+            _write_history(self.storage, w.plan.out_dir, self.history)
+        dist.barrier()
+        w.hb.beat("done")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Entry point on every Ray Train worker: start, set up the engine, restore, train to the last step."""
+    w = _start_worker(loop_config)
+    _restore(w, _build_engine(w)).run()
 
 
 def _write_history(storage: Any, out_dir: str, history: list[dict[str, Any]]) -> None:

@@ -96,7 +96,7 @@ def _check_cpus_left_for_data(cfg: TrainConfig) -> None:
     import ray
 
     total = ray.cluster_resources().get("CPU", 0.0)
-    left = total - cfg.num_workers * cfg.cpus_per_worker
+    left = total - cfg.run_resources().get("CPU", 0.0)
     if left < 1:
         raise ConfigError(f"{cfg.num_workers} workers × cpus_per_worker={cfg.cpus_per_worker} leave {left:g} of "
                           f"{total:g} cluster CPUs for reading data; at least 1 must stay free "

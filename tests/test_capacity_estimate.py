@@ -33,6 +33,7 @@ def test_parameter_counts_match_the_published_sizes(name, billions):
 def test_parameter_count_equals_a_real_model():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    # its own shape, not the tiny test students: 3 layers and untied embeddings exercise every count
     config = Qwen2Config(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=300, tie_word_embeddings=False)
     model = Qwen2ForCausalLM(config)
@@ -142,7 +143,7 @@ def test_demo_plan_reads_the_corpus_then_the_manifests(tmp_path, monkeypatch):
     assert plan.evaluate[0].problems == 6 and plan.all_fit
     assert sum(e.run.endswith("-e1") for e in plan.evaluate) == 4  # per_epoch_eval: [random], 2 epochs
 
-    data_dir = tmp_path / "runs" / "data" / "valley-demo-full-tiny-qwen2-0123"
+    data_dir = tmp_path / "runs" / "data" / "valley-demo-full-tiny-qwen2-0123456789ab"
     data_dir.mkdir(parents=True)
     (data_dir / "manifest.json").write_text(json.dumps({"subsets": {"r100": {
         "rows": 100, "docs": 100, "sequences": 40, "tokens": 40000, "loss_tokens": 30000, "pack_efficiency": 0.98}}}))
