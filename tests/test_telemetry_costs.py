@@ -76,13 +76,12 @@ def test_cost_table_rows_and_totals():
 
 
 def test_report_md_gains_the_cost_table(tmp_path):
-    from fixtures import report_config as _config
-    from fixtures import write_report_inputs as _write_inputs
+    from fixtures import report_config, write_report_inputs
     from valley.report.stage import run_report
     from valley.storage import Storage
 
     storage = Storage(str(tmp_path / "store"))
     rows = [{"stage": "generate", "run": "g", "wall_s": 7200.0, "core_s": 28800.0, "gpu_s": 57600.0}]
-    result = run_report(_config(_write_inputs(storage), costs=rows, parallel=False), storage)
+    result = run_report(report_config(write_report_inputs(storage), costs=rows, parallel=False), storage)
     md = storage.read_text(result.report_md)
     assert "## Cost per stage and run" in md and "| generate | g | 2:00:00 | 8.00 | 16.00 |" in md

@@ -29,8 +29,9 @@ _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # what Ray's job supervisor giv
 
 
 def extensions_dir() -> Path:
-    """Where JIT-built torch extensions go (DeepSpeed's ops, valley.train.ops): `$TORCH_EXTENSIONS_DIR` if the user set it, else inside the
-    environment (`<venv>/torch_extensions`), so nodes sharing a home directory never share build locks."""
+    """Where JIT-built torch extensions go (DeepSpeed's ops, valley.train.ops): `$TORCH_EXTENSIONS_DIR` if the
+    user set it, else inside the environment (`<venv>/torch_extensions`), so nodes sharing a home directory
+    never share build locks."""
     explicit = os.environ.get("TORCH_EXTENSIONS_DIR")
     return Path(explicit) if explicit else Path(sys.prefix) / "torch_extensions"
 

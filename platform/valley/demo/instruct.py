@@ -57,10 +57,12 @@ def train_instruct_student(random_model: str | Path, instruct_file: str | Path, 
     storage = Storage(str(runs_dir))
     log = Console(stderr=True).log
     log(f"demo: instruct stage: {settings.rows} direct answers, {settings.epochs} epochs -> {student}")
-    data = run_data(DataConfig(name="demo-instruct", inputs=[str(instruct_file)], tokenizer=str(random_model),
+    # absolute: Ray's workers run in the directory Ray started in, not necessarily this one
+    model, answers = str(Path(random_model).resolve()), str(Path(instruct_file).resolve())
+    data = run_data(DataConfig(name="demo-instruct", inputs=[answers], tokenizer=model,
                                system_prompt=LCB_SYSTEM_MESSAGE, max_seq_len=settings.max_seq_len,
                                seed=settings.seed), storage)
-    trained = run_train(TrainConfig(name="demo-instruct", data=data.stage_dir, model=str(random_model),
+    trained = run_train(TrainConfig(name="demo-instruct", data=data.stage_dir, model=model,
                                     epochs=settings.epochs, global_batch_size=settings.global_batch_size,
                                     micro_batch_size=settings.global_batch_size, learning_rate=settings.learning_rate,
                                     warmup_ratio=0.1, gradient_checkpointing=False, num_workers=1,
