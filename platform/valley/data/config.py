@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from valley.config import StageConfig
+from valley.data.conditions import Condition, as_condition, check_conditions
 
 TACO_EASY = ("easy", "medium")  # difficulty buckets of RQ3's easy side (data/difficulty.py)
 TACO_HARD = ("medium_hard", "hard", "very_hard")
@@ -84,15 +85,73 @@ class JoinSpec(BaseModel):
         return self.dataset if self.dataset is not None else [self.name]
 
 
+class MixPart(BaseModel):
+    """One named part of a mixture: its share of the subset's size and what its traces must satisfy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share: float = Field(gt=0, le=1)
+    where: dict[str, Condition] = Field(default_factory=dict)
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _bare_values(cls, value: Any) -> Any:
+        return {k: as_condition(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
+# fields added after configs were hashed: left out of a subset's serialised form while unset, so a subset
+# written without them (every `kind`-only subset) hashes as before they existed
+_DEFINITION_FIELDS = ("where", "per_question", "mix", "exclusive_of", "seed")
+
+
 class SubsetSpec(BaseModel):
-    """One training subset. Sizes of `random` subsets nest (smaller ⊂ larger) by construction."""
+    """One training subset, defined as data. `kind` is a preset (`random`: any trace, `correct`/`incorrect`:
+    the label, `easy`/`hard`: TACO's difficulty buckets, `all`: everything, unsized); `sources` and `where`
+    narrow its pool further, `exclusive_of` removes the traces of other subsets, `per_question` keeps at
+    most k answers per question, `mix` splits the size over named parts by share. Traces are taken in one
+    seeded order (the data run's `seed`, or the subset's own), so the sizes of one definition nest: the
+    1K subset is the first 1K of the 10K one.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    kind: Literal["all", "random", "correct", "incorrect", "easy", "hard"]
+    kind: Literal["all", "random", "correct", "incorrect", "easy", "hard"] = "random"
     size: int | None = Field(default=None, gt=0)  # None: all eligible (balanced for correct/incorrect, easy/hard)
     sources: list[str] | None = None  # restrict the pool to these `source` values
+    where: dict[str, Condition] | None = None
+    per_question: int | None = Field(default=None, gt=0)
+    mix: dict[str, MixPart] | None = None
+    exclusive_of: list[str] | None = None  # names of other subsets of this data run
+    seed: int | None = None  # this subset's own order (default: the data run's seed)
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _bare_values(cls, value: Any) -> Any:
+        return {k: as_condition(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SubsetSpec:
+        owner = f"subset {self.name!r}"
+        for where in [self.where or {}, *[p.where for p in (self.mix or {}).values()]]:
+            check_conditions(where, owner)
+        if self.mix is not None:
+            total = sum(p.share for p in self.mix.values())
+            if abs(total - 1.0) > 1e-9:
+                raise ValueError(f"{owner}: mix shares add up to {total:g}, not 1")
+            if self.size is None:
+                raise ValueError(f"{owner}: a mix needs a size")
+        if self.kind == "all" and any(getattr(self, f) is not None for f in _DEFINITION_FIELDS):
+            raise ValueError(f"{owner}: kind 'all' takes no conditions (use kind 'random' with where)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_definitions(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if k not in _DEFINITION_FIELDS or v is not None}
+
+    def where_clauses(self) -> list[dict[str, Condition]]:
+        return [self.where or {}, *[p.where for p in (self.mix or {}).values()]]
 
 
 class DataConfig(StageConfig):
@@ -126,7 +185,35 @@ class DataConfig(StageConfig):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"subset names must be unique, repeated: {dupes}")
+        for subset in self.subsets:
+            unknown = sorted(set(subset.exclusive_of or []) - set(names))
+            if unknown or subset.name in (subset.exclusive_of or []):
+                raise ValueError(f"subset {subset.name!r}: exclusive_of names {unknown or [subset.name]}, not another "
+                                 f"subset of this data run ({names})")
+        exclusion_order(self.subsets)
         joins = [j.name for j in self.joins]
         if len(set(joins)) != len(joins):
             raise ValueError(f"join names must be unique: {joins}")
         return self
+
+
+def exclusion_order(subsets: list[SubsetSpec]) -> list[SubsetSpec]:
+    """The subsets in an order where each comes after those it must exclude; a cycle is refused."""
+    by_name = {s.name: s for s in subsets}
+    done: list[SubsetSpec] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise ValueError(f"subsets exclude each other in a cycle: {' -> '.join((*path, name))}")
+        state[name] = "visiting"
+        for other in by_name[name].exclusive_of or []:
+            visit(other, (*path, name))
+        state[name] = "done"
+        done.append(by_name[name])
+
+    for subset in subsets:
+        visit(subset.name, ())
+    return done

@@ -23,12 +23,19 @@ from typing import Any
 import pyarrow as pa
 
 from valley import schemas
+from valley.data.conditions import derived_needed, response_lengths
 from valley.data.config import ColumnMapping, DataConfig, SubsetSpec
 from valley.data.ingest import run_ingest
 from valley.data.joins import check_inputs, run_joins
 from valley.data.pad import pad_entry
 from valley.data.readers import expand_inputs, file_fingerprint, plan_chunks
-from valley.data.subsets import dedup_questions, seeded_order, select_subsets, split_duplicate_ids
+from valley.data.subsets import (
+    dedup_questions,
+    seeded_order,
+    select_subsets,
+    split_duplicate_ids,
+    with_answer_counts,
+)
 from valley.data.tokenize import plan_groups, run_tokenize
 from valley.errors import ConfigError
 from valley.manifest import Manifest
@@ -37,8 +44,9 @@ from valley.storage import Storage
 
 __all__ = ["ColumnMapping", "DataConfig", "DataResult", "SubsetSpec", "run_data"]
 
-META_COLUMNS = ["id", "question_id", "source", "difficulty", "difficulty_bucket", "correct", "source_file",
-                "source_row"]
+LENGTH_COLUMNS = {"response_chars", "think_chars"}
+META_COLUMNS = ["id", "question_id", "source", "difficulty", "difficulty_bucket", "teacher", "correct", "think",
+                "source_file", "source_row"]
 
 
 class DataResult(StageResult):
@@ -68,14 +76,23 @@ def run_hash(cfg: DataConfig, files: list[str]) -> str:
     return hashlib.sha256((cfg.config_hash() + _fingerprint(inputs) + _fingerprint(tok_files)).encode()).hexdigest()
 
 
-def _load_meta(storage: Storage, out: str) -> pa.Table:
+def _load_meta(storage: Storage, out: str, lengths: bool = False) -> pa.Table:
+    """Every trace's columns that subsets select on (not its text), with the part it is in; with `lengths`
+    also its response's and think block's length in characters (read part by part, then dropped)."""
     tables = []
     for part in storage.list(out, "traces", suffix=".parquet"):
-        t = storage.read_parquet(out, "traces", part, columns=META_COLUMNS)
+        t = storage.read_parquet(out, "traces", part, columns=META_COLUMNS + (["response"] if lengths else []))
+        if lengths:
+            response_chars, think_chars = response_lengths(t.column("response"))
+            t = t.drop_columns(["response"]).append_column("response_chars", response_chars) \
+                .append_column("think_chars", think_chars)
         tables.append(t.append_column("part", pa.array([part] * t.num_rows, pa.string())))
     if tables:
         return pa.concat_tables(tables)
-    return pa.schema([schemas.TRACES.field(c) for c in META_COLUMNS] + [pa.field("part", pa.string())]).empty_table()
+    fields = [schemas.TRACES.field(c) for c in META_COLUMNS]
+    if lengths:
+        fields += [pa.field("response_chars", pa.int32()), pa.field("think_chars", pa.int32())]
+    return pa.schema([*fields, pa.field("part", pa.string())]).empty_table()
 
 
 def _save_tokenizer(cfg: DataConfig, storage: Storage, out: str) -> None:
@@ -134,7 +151,8 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
     reasons, think, joins = build_traces(cfg, storage, out, files)
 
     # 2. one row per id; duplicates are rejects too
-    meta, dupes = split_duplicate_ids(_load_meta(storage, out))
+    derived = derived_needed([w for subset in cfg.subsets for w in subset.where_clauses()])
+    meta, dupes = split_duplicate_ids(_load_meta(storage, out, lengths=bool(derived & LENGTH_COLUMNS)))
     if dupes.num_rows:
         reasons["duplicate_id"] += dupes.num_rows
         rows = [{"source_file": r["source_file"], "source_row": r["source_row"], "field": "id",
@@ -147,6 +165,8 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
                           f"and the rejects under {storage.uri(out, 'rejects')}")
 
     # 3. subsets
+    if "answers_per_question" in derived:
+        meta = with_answer_counts(meta)
     ordered = seeded_order(meta, cfg.seed)
     if cfg.dedup_questions:
         ordered = dedup_questions(ordered)
