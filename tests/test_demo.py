@@ -119,7 +119,7 @@ def test_demo_student_codes_and_distillation_teaches_it_to_think(ray_local, tmp_
     monkeypatch.chdir(tmp_path)
     write_demo("demo-data", n_traces=1200, n_problems=24, instruct=InstructSettings())
     spec = load_spec(REPO / "jobs" / "configs" / "demo.yaml",
-                     ["study.scaling_sizes=[400]", "generate.n=1", "report.n_boot=20"])
+                     ["arms.r.sizes=[400]", "generate.n=1", "report.n_boot=20"])
     result = run_experiment(spec, Storage(str(tmp_path / "runs")), live=False)
     rows = {r["run_id"]: r for r in summary_rows(pl.read_parquet(result.results))}
     base, distilled = rows["tiny-qwen2-base"], rows["tiny-qwen2-r400"]

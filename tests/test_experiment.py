@@ -51,10 +51,13 @@ def test_demo_specs_are_valid():
     """demo.yaml is RQ1 alone (the 15-minute demo); demo-full.yaml the whole study on the same settings."""
     spec = load_spec(REPO / "jobs" / "configs" / "demo.yaml")
     full = load_spec(REPO / "jobs" / "configs" / "demo-full.yaml")
-    assert spec.study.stage2_from_size is None and spec.study.per_epoch_eval == []
-    assert spec.study.correctness_size is None and spec.study.difficulty_size is None
-    assert full.study.stage2_from_size in full.study.scaling_sizes and full.study.per_epoch_eval == ["random"]
-    assert set(spec.study.scaling_sizes) < set(full.study.scaling_sizes)
+    arms, comparisons, evaluate_base = spec.design()
+    full_arms, full_comparisons, _ = full.design()
+    assert list(arms) == ["r"] and not arms["r"].per_epoch_eval and evaluate_base
+    assert [c.series or c.contrast for c in comparisons] == ["r"]
+    assert full_arms["r"].per_epoch_eval and full_arms["correct"].from_ == ["base", "r@1200"]
+    assert [c.series or c.contrast for c in full_comparisons] == ["r", ["correct", "incorrect"], ["easy", "hard"]]
+    assert set(arms["r"].sizes) < set(full_arms["r"].sizes)
     assert spec.train == full.train and spec.generate == full.generate and spec.data == full.data
 
 
@@ -65,9 +68,9 @@ def test_paper_spec_is_the_papers_study():
 
     spec = load_spec(REPO / "jobs" / "configs" / "paper.yaml")
     assert [s.name for s in spec.students] == ["qwen2.5-7b-instruct", "llama3.1-8b-instruct"]
-    assert spec.study.scaling_sizes[:3] == [1000, 10000, 30000] and max(spec.study.scaling_sizes) >= 100000
-    assert (spec.study.correctness_size, spec.study.difficulty_size, spec.study.stage2_from_size) == (6000, 4000,
-                                                                                                   30000)
+    arms, _, _ = spec.design()
+    assert arms["r"].sizes[:3] == [1000, 10000, 30000] and max(arms["r"].sizes) >= 100000
+    assert (arms["correct"].sizes, arms["easy"].sizes, arms["hard"].from_) == ([6000], [4000], ["base", "r@30000"])
     train = TrainConfig(data="-", model="-", **train_fields(spec))  # max_seq_len: the data section's
     assert (train.global_batch_size, train.learning_rate, train.warmup_ratio, train.epochs, train.max_seq_len) == (
         128, 8e-5, 0.1, 5, 32768)

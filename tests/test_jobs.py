@@ -167,8 +167,7 @@ def test_readme_job_commands_with_token_auth(tmp_path):
         assert job.returncode == 0 and "succeeded" in job.stdout.lower(), job.stdout[-4000:] + job.stderr[-4000:]
         assert list((clone / "runs" / "jobs" / "data").glob("demo-*/tokenized/r40/*.parquet"))
 
-        small = ["study.scaling_sizes=[40]", "study.correctness_size=null", "study.difficulty_size=null",
-                 "study.stage2_from_size=null", "study.per_epoch_eval=[]", "label=null", "data.max_seq_len=512",
+        small = ["arms.r.sizes=[40]", "label=null", "data.max_seq_len=512",
                  "train.epochs=1", "train.global_batch_size=4", "train.num_workers=1", "train.max_seq_len=512",
                  "generate.n=1", "generate.max_tokens=16", "generate.filters.limit=4", "report.n_boot=20"]
         study = [ray, "job", "submit", "--working-dir", ".", "--", "python", "jobs/run.py",

@@ -30,6 +30,9 @@ SHIMS: dict[str, tuple[str, str]] = {
                                       "the next storage format"),
     "pad_id_before_manifests": ("data manifests written before they recorded `pad_id` (before 2026-11)",
                                 "the next storage format"),
+    "subset_request_fields": ("study graphs written before subsets were definitions (before 2026-12): "
+                              "`kind` and `sources` beside name and size", "2027-06-01 (graph.json is rewritten "
+                              "by every `valley run`)"),
     "node_fields_of_old_graph": ("study graphs (`graph.json`) written before node parameters were typed "
                                  "(before 2026-12): `follows` inside params, train nodes without `tag`",
                                  "2027-06-01 (graph.json is rewritten by every `valley run`)"),
@@ -104,3 +107,14 @@ def node_fields_of_old_graph(node: Mapping[str, Any]) -> tuple[dict[str, Any], l
     if node["kind"] == "train" and "tag" not in params:
         params["tag"] = node["name"].split(f"-{node.get('student')}-", 1)[-1]
     return params, follows
+
+
+def subset_request_fields(request: Mapping[str, Any]) -> dict[str, Any]:
+    """A data node's subset request as `graph.json` holds it now (name, size, definition as JSON); older
+    graphs held `kind` and `sources` beside name and size."""
+    if "definition" in request:
+        return dict(request)
+    import json
+
+    definition = {k: v for k, v in request.items() if k not in ("name", "size")}
+    return {"name": request["name"], "size": request["size"], "definition": json.dumps(definition, sort_keys=True)}

@@ -14,11 +14,13 @@ start model and of the final model (`EvalRun.alias_of`) instead of generating ag
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from valley import legacy, registry
+from valley.experiment.arms import ArmSpec, parse_start, start_order
 from valley.experiment.spec import ExperimentSpec, StudentSpec
 
 KINDS = registry.study_kinds()
@@ -26,16 +28,19 @@ KINDS = registry.study_kinds()
 
 @dataclass(frozen=True)
 class SubsetRequest:
-    """One subset a data node selects (the data stage's `SubsetSpec` fields)."""
+    """One subset a data node selects: its name, size and definition (the data stage's `SubsetSpec`
+    fields besides name and size, as canonical JSON so the request stays hashable and comparable)."""
 
     name: str
-    kind: str
     size: int
-    sources: tuple[str, ...] | None = None
+    definition: str = "{}"
+
+    @classmethod
+    def of(cls, name: str, size: int, definition: Mapping[str, Any]) -> SubsetRequest:
+        return cls(name, size, json.dumps(dict(definition), sort_keys=True))
 
     def spec_fields(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "size": self.size,
-                "sources": list(self.sources) if self.sources is not None else None}
+        return {"name": self.name, "size": self.size, **json.loads(self.definition)}
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class TrainParams:
     data: str  # the data node holding the subset
     start: str | None  # the train node whose export this run continues from (None: the student's model)
     per_epoch: bool  # export (and evaluate) every epoch
+    arm: str | None = None  # the arm it trains (its train overrides apply)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class GenerateParams:
     run_id: str
     train: str | None  # the train node whose export is evaluated (None: the student's model)
     epoch: int | None = None  # an earlier epoch's export of that run
+    arm: str | None = None  # the arm evaluated (its generate overrides apply); None: the base model
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,8 @@ PARAMS_OF_KIND: dict[str, type] = {"data": DataParams, "label": LabelParams, "tr
 def params_from_dict(kind: str, data: Mapping[str, Any]) -> NodeParams:
     fields = dict(data)
     if kind == "data":
-        fields["subsets"] = tuple(SubsetRequest(**{**s, "sources": tuple(s["sources"]) if s.get("sources") else
-                                                   s.get("sources")}) for s in fields["subsets"])
+        fields["subsets"] = tuple(legacy.subset_request_fields(s) for s in fields["subsets"])
+        fields["subsets"] = tuple(SubsetRequest(**s) for s in fields["subsets"])
     return PARAMS_OF_KIND[kind](**fields)
 
 
@@ -128,6 +135,8 @@ class EvalRun:
     train: str | None = None  # the train node whose export is evaluated (None: the student's base model)
     epoch: int | None = None  # set for the per-epoch points of a training run
     alias_of: str | None = None  # already evaluated as this run (the final epoch, or epoch 0 = the start)
+    arm: str | None = None  # the arm it belongs to (None: the student's model itself)
+    start: str | None = None  # where its run started: "base" or the start run's name (e.g. r30000)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -207,102 +216,93 @@ def run_resources(kind: str, cfg: Any) -> dict[str, float]:
     return registry.stage(kind).resources(cfg)
 
 
+def _needs_labels(definition: Mapping[str, Any]) -> bool:
+    """Whether a subset reads the `correct` label (which the label stage adds when the spec has one)."""
+    clauses = [definition.get("where") or {}] + [p.get("where") or {} for p in (definition.get("mix") or {}).values()]
+    return definition.get("kind") in ("correct", "incorrect") or any("correct" in c for c in clauses)
+
+
+def _eval_subset(arm: ArmSpec, arm_name: str) -> str:
+    """What a run's `subset` says in the report: the preset kind of an arm that is only a preset (the
+    paper's tables group by it), else the arm's name."""
+    if set(arm.subset) <= {"kind", "sources"}:
+        return str(arm.subset.get("kind", "random"))
+    return arm_name
+
+
 class _StudentPlanner:
-    """The nodes and evaluation points of one student, built phase by phase: data (and labelling), the
-    training runs (RQ1 sizes, then the paired subsets from each start), then generate+grade per point."""
+    """The nodes and evaluation points of one student, built phase by phase: its data runs (and labelling),
+    every arm's training runs (each after the arms it starts from), then generate+grade per point."""
 
     def __init__(self, spec: ExperimentSpec, student: StudentSpec):
-        self.spec, self.study, self.s = spec, spec.study, student.name
+        self.spec, self.s = spec, student.name
+        self.arms, _, self.evaluate_base = spec.design()
         self.prefix = f"{spec.experiment}-{student.name}"
-        train_cfg = train_config(spec)
-        self.train_res, self.epochs = run_resources("train", train_cfg), train_cfg.epochs
         self.gen_res = run_resources("generate", spec.section_config("generate", student.name))
         self.nodes: list[Node] = []
         self.runs: list[EvalRun] = []
         self.provider: dict[str, str] = {}  # subset -> the data node that packs it
-        self.sizes: dict[str, int] = {}
+        self.trained: dict[tuple[str, int], tuple[str, str, str]] = {}  # (arm, size) -> (node, tag, run id)
 
     def plan(self) -> tuple[list[Node], list[EvalRun]]:
         self.data_nodes()
-        base_run = f"{self.s}-base" if self.study.evaluate_base else None
+        base_run = f"{self.s}-base" if self.evaluate_base else None
         if base_run:
             self.runs.append(EvalRun(base_run, self.s, 0, "random", "base"))
-        scaling = self.scaling_runs(base_run)
-        self.paired_runs(self.starts(base_run, scaling))
+        for arm_name in start_order(self.arms):
+            self.arm_runs(arm_name, base_run)
         self.evaluation_nodes()
         return self.nodes, self.runs
 
-    def _requests(self, wanted: Iterable[tuple[str, str, int]], sources: list[str] | None) -> list[SubsetRequest]:
-        return [SubsetRequest(name, kind, size, tuple(sources) if sources is not None else None)
-                for name, kind, size in wanted]
-
     def data_nodes(self) -> None:
-        """RQ1 + RQ3 subsets; RQ2 too when the traces already carry `correct` (no label section)."""
-        study = self.study
-        subsets = self._requests([(f"r{n}", "random", n) for n in study.scaling_sizes], study.scaling_sources)
-        if study.difficulty_size:
-            subsets += self._requests([(k, k, study.difficulty_size) for k in ("easy", "hard")],
-                                      study.subset_sources)
-        paired = [(k, k, study.correctness_size) for k in ("correct", "incorrect")]
-        if study.correctness_size and self.spec.label is None:
-            subsets += self._requests(paired, study.subset_sources)
+        """One data run for every subset; those that read `correct` from a data run of the labelled traces
+        when the spec has a label section (the traces carry `correct` otherwise, and those subsets come
+        after the others)."""
+        unlabelled, labelled = [], []
+        for arm_name, arm in self.arms.items():
+            for size in arm.sizes:
+                request = SubsetRequest.of(arm.subset_name(arm_name, size), size, arm.subset)
+                (labelled if _needs_labels(arm.subset) else unlabelled).append(request)
+        plain = unlabelled if self.spec.label is not None else unlabelled + labelled
+        labelled = labelled if self.spec.label is not None else []
         data_id = f"data:{self.s}"
-        self.nodes.append(Node(data_id, "data", self.prefix, (), {}, self.s, DataParams(tuple(subsets))))
-        self.provider = {r.name: data_id for r in subsets}
-        self.sizes = {r.name: r.size for r in subsets}
-        if study.correctness_size and self.spec.label is not None:
+        self.nodes.append(Node(data_id, "data", self.prefix, (), {}, self.s, DataParams(tuple(plain))))
+        self.provider = {r.name: data_id for r in plain}
+        if labelled:
             label_id, labelled_id = f"label:{self.s}", f"data:{self.s}-labelled"
             self.nodes.append(Node(label_id, "label", self.prefix, (data_id,), {}, self.s, LabelParams(data_id)))
             self.nodes.append(Node(labelled_id, "data", f"{self.prefix}-labelled", (label_id,), {}, self.s,
-                                   DataParams(tuple(self._requests(paired, study.subset_sources)), label_id)))
-            self.provider.update({"correct": labelled_id, "incorrect": labelled_id})
-        self.sizes.update({k: study.correctness_size for k in ("correct", "incorrect") if study.correctness_size})
+                                   DataParams(tuple(labelled), label_id)))
+            self.provider.update({r.name: labelled_id for r in labelled})
 
-    def train(self, tag: str, subset: str, start: str | None) -> str:
-        node_id = f"train:{self.s}-{tag}"
-        deps = (self.provider[subset],) + ((start,) if start else ())
-        kind = "random" if subset.startswith("r") and subset[1:].isdigit() else subset
-        params = TrainParams(tag, subset, self.sizes[subset], self.provider[subset], start,
-                             kind in self.study.per_epoch_eval)
-        self.nodes.append(Node(node_id, "train", f"{self.prefix}-{tag}", deps, self.train_res, self.s, params))
-        return node_id
+    def _start(self, start: str, base_run: str | None) -> tuple[str | None, str | None, str, str]:
+        """(train node, its evaluation, its label in run names, its checkpoint in the report) of a start."""
+        found = parse_start(start)
+        if found is None:
+            return None, base_run, "base", "base"
+        node, tag, run_id = self.trained[found]
+        return node, run_id, self.arms[found[0]].subset_name(found[0], found[1]), str(found[1])
 
-    def evaluated(self, run: EvalRun, per_epoch: bool, start_run: str | None) -> None:
-        self.runs.append(run)
-        if per_epoch:
-            self.runs.extend(epoch_runs(run, self.epochs, start_run))
-
-    def scaling_runs(self, base_run: str | None) -> dict[int, str]:
-        """RQ1: one run per size from the student's model; returns size -> train node."""
-        trained: dict[int, str] = {}
-        for size in sorted(self.study.scaling_sizes):
-            trained[size] = self.train(f"r{size}", f"r{size}", None)
-            self.evaluated(EvalRun(f"{self.s}-r{size}", self.s, size, "random", "base", train=trained[size]),
-                           "random" in self.study.per_epoch_eval, base_run)
-        return trained
-
-    def starts(self, base_run: str | None, scaling: dict[int, str]) -> list[tuple[str, str | None, str | None]]:
-        """Where the paired runs start: (tag, train node, its evaluation) for the base and the stage-2 run."""
-        found: list[tuple[str, str | None, str | None]] = [("base", None, base_run)]
-        size = self.study.stage2_from_size
-        if size is not None:
-            found.append((f"r{size}", scaling[size], f"{self.s}-r{size}"))
-        return found
-
-    def paired_runs(self, starts: list[tuple[str, str | None, str | None]]) -> None:
-        """RQ2 (correct vs incorrect) and RQ3 (easy vs hard), from every start."""
-        study, paired = self.study, []
-        if study.correctness_size:
-            paired += [("correct", study.correctness_size), ("incorrect", study.correctness_size)]
-        if study.difficulty_size:
-            paired += [("easy", study.difficulty_size), ("hard", study.difficulty_size)]
-        for subset, size in paired:
-            for start_tag, start_node, start_run in starts:
-                tag = f"{subset}-from-{start_tag}"
-                node_id = self.train(tag, subset, start_node)
-                checkpoint = "base" if start_tag == "base" else start_tag.removeprefix("r")
-                self.evaluated(EvalRun(f"{self.s}-{tag}", self.s, size, subset, checkpoint, train=node_id),
-                               subset in study.per_epoch_eval, start_run)
+    def arm_runs(self, arm_name: str, base_run: str | None) -> None:
+        """One training run per size and start; `<arm>@<size>` names the first start's run of that size."""
+        arm = self.arms[arm_name]
+        train_res = run_resources("train", self.spec.arm_train_config(arm_name))
+        epochs = self.spec.arm_train_config(arm_name).epochs
+        for size in sorted(arm.sizes):
+            name = arm.subset_name(arm_name, size)
+            for start in arm.starts():
+                start_node, start_run, label, checkpoint = self._start(start, base_run)
+                tag = name if arm.from_ is None else f"{name}-from-{label}"
+                node_id = f"train:{self.s}-{tag}"
+                deps = (self.provider[name],) + ((start_node,) if start_node else ())
+                params = TrainParams(tag, name, size, self.provider[name], start_node, arm.per_epoch_eval, arm_name)
+                self.nodes.append(Node(node_id, "train", f"{self.prefix}-{tag}", deps, train_res, self.s, params))
+                run = EvalRun(f"{self.s}-{tag}", self.s, size, _eval_subset(arm, arm_name), checkpoint, train=node_id,
+                              arm=arm_name, start=label)
+                self.runs.append(run)
+                if arm.per_epoch_eval:
+                    self.runs.extend(epoch_runs(run, epochs, start_run))
+                self.trained.setdefault((arm_name, size), (node_id, tag, run.run_id))
 
     def evaluation_nodes(self) -> None:
         """A generate and a grade node per evaluation point that is not an alias of another."""
@@ -311,8 +311,9 @@ class _StudentPlanner:
                 continue
             gen_id, grade_id = f"generate:{run.run_id}", f"grade:{run.run_id}"
             name = f"{self.spec.experiment}-{run.run_id}"
+            params = GenerateParams(run.run_id, run.train, run.epoch if run.epoch else None, run.arm)
             self.nodes.append(Node(gen_id, "generate", name, (run.train,) if run.train else (), self.gen_res, self.s,
-                                   GenerateParams(run.run_id, run.train, run.epoch if run.epoch else None)))
+                                   params))
             self.nodes.append(Node(grade_id, "grade", name, (gen_id,), {}, self.s, GradeParams(run.run_id, gen_id),
                                    follows=(gen_id,)))
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from valley import config as config_mod
 from valley import registry
 from valley.errors import ConfigError
+from valley.experiment.arms import ArmSpec, ComparisonSpec, arms_of_study, check_design
 
 
 class StudentSpec(BaseModel):
@@ -105,6 +106,10 @@ class ExperimentSpec(BaseModel):
 
     experiment: str = Field(min_length=1)
     students: list[StudentSpec] = Field(min_length=1)
+    # the design: arms and comparisons (experiment/arms.py), or the paper's study as a preset of them
+    arms: dict[str, ArmSpec] | None = None
+    comparisons: list[ComparisonSpec] | None = None
+    evaluate_base: bool | None = None  # with arms: evaluate each student's model itself (default true)
     study: StudySpec = Field(default_factory=StudySpec)
     data: DataSection  # type: ignore[valid-type]
     label: LabelSection | None = Field(default_factory=LabelSection)  # type: ignore[valid-type]  # None: traces carry `correct`
@@ -139,7 +144,55 @@ class ExperimentSpec(BaseModel):
                 self.section_config(stage)
         for student in self.students:
             self.section_config("generate", student.name)
+        self._design_is_valid()
         return self
+
+    def _design_is_valid(self) -> None:
+        if self.arms is None:
+            if self.comparisons is not None or self.evaluate_base is not None:
+                raise ValueError("comparisons and evaluate_base go with arms; the `study` preset sets its own")
+        elif "study" in self.model_fields_set:
+            raise ValueError("give either arms (with comparisons) or the `study` preset, not both")
+        arms, comparisons, _ = self.design()
+        check_design(arms, comparisons)
+        from valley.data.config import SubsetSpec
+
+        for arm_name, arm in arms.items():
+            owner = f"arm {arm_name!r}"
+            for size in arm.sizes:
+                try:
+                    SubsetSpec(name=arm.subset_name(arm_name, size), size=size, **arm.subset)
+                except (ValidationError, TypeError) as exc:
+                    raise ValueError(f"{owner}: subset: {exc}") from exc
+            clash = (registry.stage("train").study_sets & set(arm.train)) | (STUDENT_FIXED & set(arm.generate))
+            if clash:
+                raise ValueError(f"{owner}: must not override {sorted(clash)} (the study sets them, or every "
+                                 "evaluation shares them)")
+            try:
+                self.arm_train_config(arm_name)
+                for student in self.students:
+                    registry.stage("generate").config_class()(model="-", **self.arm_generate_fields(arm_name,
+                                                                                                      student.name))
+            except (ValidationError, ConfigError) as exc:
+                raise ValueError(f"{owner}: {exc}") from exc
+
+    def design(self) -> tuple[dict[str, ArmSpec], list[ComparisonSpec], bool]:
+        """(arms, comparisons, evaluate the base model): the spec's own, or the `study` preset's."""
+        if self.arms is not None:
+            return dict(self.arms), list(self.comparisons or []), True if self.evaluate_base is None else \
+                self.evaluate_base
+        arms, comparisons = arms_of_study(self.study)
+        return arms, comparisons, self.study.evaluate_base
+
+    def arm_train_config(self, arm: str) -> Any:
+        """The train section with the arm's own overrides, as a TrainConfig with placeholders."""
+        from valley.experiment.graph import train_fields
+
+        overrides = self.design()[0][arm].train
+        return registry.stage("train").config_class()(data="-", model="-", **{**train_fields(self), **overrides})
+
+    def arm_generate_fields(self, arm: str, student: str | None) -> dict[str, Any]:
+        return {**self.generate_fields(student), **self.design()[0][arm].generate}
 
     def section(self, stage: str) -> dict[str, Any] | None:
         """A section's fields as the spec sets them (unset fields left to the config's defaults, so the

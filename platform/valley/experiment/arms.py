@@ -1,0 +1,164 @@
+"""A study's design as data: arms (a subset definition, its sizes, where each run starts, overrides) and the
+comparisons the report draws between them.
+
+An arm trains one run per size and start. Its subset is the data stage's `SubsetSpec` without name and size
+(`kind`, `sources`, `where`, `per_question`, `mix`, `exclusive_of`, `seed`), so anything the corpus holds
+can be an axis: teacher, answers per question, trace length, source, difficulty, correctness. `from` lists
+where runs start: `base` (the student's model) or `<arm>@<size>` (that arm's run at that size: the paper's
+stage 2 generalised). Comparisons: `series` (one arm over its sizes: the valley curve) and `contrast` (two
+arms at equal size and equal start).
+
+The paper's study (`study:` with RQ1/RQ2/RQ3 and stage 2) is a preset of this: `arms_of_study` turns it
+into arms and comparisons whose subsets and runs have the names they always had, so its stages hash as
+before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BASE = "base"
+
+
+class ArmSpec(BaseModel):
+    """One arm of the study."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    subset: dict[str, Any] = Field(default_factory=dict)  # SubsetSpec fields except name and size
+    sizes: list[int] = Field(min_length=1)
+    # the subset's (and the run's) name at each size; default "<arm>-<size>"
+    names: str | None = None
+    # where runs start: "base" and/or "<arm>@<size>"; unset: the base model, and run names carry no
+    # "-from-<start>" (set, they always do)
+    from_: list[str] | None = Field(default=None, alias="from")
+    per_epoch_eval: bool = False  # also evaluate every epoch's export
+    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields for this arm's runs only
+    generate: dict[str, Any] = Field(default_factory=dict)  # GenerateConfig fields for its evaluations only
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ArmSpec:
+        if len(set(self.sizes)) != len(self.sizes) or any(s <= 0 for s in self.sizes):
+            raise ValueError(f"sizes {self.sizes} must be distinct positive sizes")
+        if len(self.sizes) > 1 and self.names is not None and "{size}" not in self.names:
+            raise ValueError(f"names {self.names!r} must contain {{size}} for several sizes")
+        return self
+
+    def subset_name(self, arm: str, size: int) -> str:
+        return (self.names or "{arm}-{size}").format(arm=arm, size=size)
+
+    def starts(self) -> list[str]:
+        return list(self.from_) if self.from_ is not None else [BASE]
+
+
+class ComparisonSpec(BaseModel):
+    """What the report compares: one arm over its sizes (`series`), or two arms at equal size (`contrast`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    series: str | None = None
+    contrast: list[str] | None = Field(default=None, min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ComparisonSpec:
+        if (self.series is None) == (self.contrast is None):
+            raise ValueError(f"comparison {self.name!r}: give exactly one of series (an arm) or contrast (two arms)")
+        return self
+
+    def arms(self) -> list[str]:
+        return [self.series] if self.series is not None else list(self.contrast or [])
+
+
+def parse_start(start: str) -> tuple[str, int] | None:
+    """`<arm>@<size>` -> (arm, size); `base` -> None."""
+    if start == BASE:
+        return None
+    arm, sep, size = start.rpartition("@")
+    if not sep or not arm or not size.isdigit():
+        raise ValueError(f"start {start!r} is neither 'base' nor '<arm>@<size>'")
+    return arm, int(size)
+
+
+def check_design(arms: dict[str, ArmSpec], comparisons: list[ComparisonSpec]) -> None:
+    """Starts name trained runs, no arm starts from itself in a loop, names are unique, comparisons name
+    arms (a contrast: two arms with a size in common)."""
+    names: dict[str, str] = {}
+    for arm_name, arm in arms.items():
+        for size in arm.sizes:
+            name = arm.subset_name(arm_name, size)
+            if name in names:
+                raise ValueError(f"arms {names[name]!r} and {arm_name!r} both name a run {name!r}; set `names`")
+            names[name] = arm_name
+        for start in arm.starts():
+            found = parse_start(start)
+            if found is not None and (found[0] not in arms or found[1] not in arms[found[0]].sizes):
+                raise ValueError(f"arm {arm_name!r} starts from {start!r}, which no arm trains")
+    _no_start_cycle(arms)
+    for comparison in comparisons:
+        unknown = [a for a in comparison.arms() if a not in arms]
+        if unknown:
+            raise ValueError(f"comparison {comparison.name!r} names arms {unknown} the study does not have")
+        if comparison.contrast and not set(arms[comparison.contrast[0]].sizes) & set(arms[comparison.contrast[1]].sizes):
+            raise ValueError(f"comparison {comparison.name!r}: arms {comparison.contrast} share no size")
+
+
+def _no_start_cycle(arms: dict[str, ArmSpec]) -> None:
+    state: dict[str, str] = {}
+
+    def visit(arm: str, path: tuple[str, ...]) -> None:
+        if state.get(arm) == "done":
+            return
+        if state.get(arm) == "visiting":
+            raise ValueError(f"arms start from each other in a loop: {' -> '.join((*path, arm))}")
+        state[arm] = "visiting"
+        for start in arms[arm].starts():
+            found = parse_start(start)
+            if found is not None:
+                visit(found[0], (*path, arm))
+        state[arm] = "done"
+
+    for arm in arms:
+        visit(arm, ())
+
+
+def start_order(arms: dict[str, ArmSpec]) -> list[str]:
+    """Arm names with every arm after the arms it starts from (declaration order otherwise)."""
+    ordered: list[str] = []
+
+    def place(arm: str) -> None:
+        if arm in ordered:
+            return
+        for start in arms[arm].starts():
+            found = parse_start(start)
+            if found is not None:
+                place(found[0])
+        ordered.append(arm)
+
+    for arm in arms:
+        place(arm)
+    return ordered
+
+
+def arms_of_study(study: Any) -> tuple[dict[str, ArmSpec], list[ComparisonSpec]]:
+    """The paper's study (`StudySpec`) as arms and comparisons, with the subset and run names it always had:
+    RQ1 `r<size>` from the base model, RQ2/RQ3 `correct`/`incorrect`/`easy`/`hard` from the base model and
+    from the stage-2 run (`<kind>-from-base`, `<kind>-from-r<size>`)."""
+    arms: dict[str, ArmSpec] = {}
+    comparisons: list[ComparisonSpec] = []
+    if study.scaling_sizes:
+        arms["r"] = ArmSpec(subset={"kind": "random", "sources": study.scaling_sources}, sizes=list(study.scaling_sizes),
+                            names="r{size}", per_epoch_eval="random" in study.per_epoch_eval)
+        comparisons.append(ComparisonSpec(name="RQ1: data quantity", series="r"))
+    starts = [BASE] + ([f"r@{study.stage2_from_size}"] if study.stage2_from_size is not None else [])
+    paired = [("correct", "incorrect", study.correctness_size, "RQ2: trace correctness"),
+              ("easy", "hard", study.difficulty_size, "RQ3: question difficulty")]
+    for first, second, size, title in paired:
+        if size:
+            for kind in (first, second):
+                arms[kind] = ArmSpec(subset={"kind": kind, "sources": study.subset_sources}, sizes=[size], names=kind,
+                                     from_=starts, per_epoch_eval=kind in study.per_epoch_eval)
+            comparisons.append(ComparisonSpec(name=title, contrast=[first, second]))
+    return arms, comparisons
