@@ -191,3 +191,16 @@ def test_the_data_stage_selects_by_definition_with_derived_columns(ray_local, tm
     assert max(questions.count(q) for q in questions) <= 3
     assert not _ids(chosen["strong-short"]) & _ids(chosen["other"])
     assert result.subsets["strong-short"]["rows"] == 20 and result.subsets["other"]["rows"] == 100
+
+
+def test_per_question_at_equal_size_trades_questions_for_answers():
+    """1 vs 4 answers per question at 40 traces: 40 questions once, or 10 questions four times."""
+    ordered = seeded_order(_meta(), seed=0)
+    rich = {"answers_per_question": {"ge": 4}}
+    one = select_subsets(ordered, [SubsetSpec(name="a1", where=rich, per_question=1, size=40)])["a1"]
+    four = select_subsets(ordered, [SubsetSpec(name="a4", where=rich, per_question=4, size=40)])["a4"]
+    questions = four.column("question_id").to_pylist()
+    assert len(set(one.column("question_id").to_pylist())) == 40
+    assert len(set(questions)) == 10 and all(questions.count(q) == 4 for q in set(questions))
+    bigger = select_subsets(ordered, [SubsetSpec(name="a4", where=rich, per_question=4, size=80)])["a4"]
+    assert _ids(four) < _ids(bigger)

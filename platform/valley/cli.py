@@ -135,10 +135,12 @@ def _print_study_plan(args: argparse.Namespace) -> int | None:
     """`valley run --plan`: the graph and the capacity estimate; an exit code when the run must not go on."""
     from valley.capacity.command import plan_from_args, print_plan
     from valley.experiment import load_spec, plan_study
-    from valley.experiment.command import print_graph
+    from valley.experiment.command import print_design, print_graph
 
     spec = load_spec(args.spec, args.overrides)
-    print_graph(plan_study(spec), spec.max_concurrent.model_dump())
+    graph = plan_study(spec)
+    print_design(spec, graph, args.storage)
+    print_graph(graph, spec.max_concurrent.model_dump())
     study_plan = plan_from_args(args)
     print_plan(study_plan, args)
     if not study_plan.all_fit:

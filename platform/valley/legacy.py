@@ -28,6 +28,7 @@ SHIMS: dict[str, tuple[str, str]] = {
                                    "the next storage format"),
     "GENERATE_HASHED_ONLY_WHEN_SET": ("generate configs hashed before `rope_scaling`/`hf_overrides` existed",
                                       "the next storage format"),
+    "REPORT_HASHED_ONLY_WHEN_SET": ("report configs hashed before `comparisons` existed", "the next storage format"),
     "pad_id_before_manifests": ("data manifests written before they recorded `pad_id` (before 2026-11)",
                                 "the next storage format"),
     "subset_request_fields": ("study graphs written before subsets were definitions (before 2026-12): "
@@ -43,6 +44,7 @@ _OLD_RESULT_FIELDS: dict[str, str] = {"output_dir": "stage_dir", "samples_uri": 
 
 TRAIN_HASHED_ONLY_WHEN_SET: frozenset[str] = frozenset({"max_seq_len"})
 GENERATE_HASHED_ONLY_WHEN_SET: frozenset[str] = frozenset({"rope_scaling", "hf_overrides"})
+REPORT_HASHED_ONLY_WHEN_SET: frozenset[str] = frozenset({"comparisons"})
 
 
 def renamed_result_fields(summary: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class SubsetSummary(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     rows: int  # traces chosen for the subset
+    eligible: int | None = None  # traces its definition allowed before the size was taken (its pool)
     docs: int = 0  # documents packed (traces minus those dropped as too long)
     sequences: int = 0  # packed rows
     tokens: int = 0

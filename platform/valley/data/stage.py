@@ -32,7 +32,7 @@ from valley.data.readers import expand_inputs, file_fingerprint, plan_chunks
 from valley.data.subsets import (
     dedup_questions,
     seeded_order,
-    select_subsets,
+    select_with_pools,
     split_duplicate_ids,
     with_answer_counts,
 )
@@ -170,7 +170,7 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
     ordered = seeded_order(meta, cfg.seed)
     if cfg.dedup_questions:
         ordered = dedup_questions(ordered)
-    selected = select_subsets(ordered, cfg.subsets)
+    selected, pools = select_with_pools(ordered, cfg.subsets)
     for name, table in selected.items():
         storage.write_parquet(table.select(["id", "question_id", "part"]), out, "subsets", f"{name}.parquet")
 
@@ -184,7 +184,7 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
         dropped = [d for s in stats for d in s["dropped"]]
         if dropped:
             storage.write_parquet(pa.Table.from_pylist(dropped), out, "dropped", f"{name}.parquet")
-        subsets[name] = _subset_summary(stats, dropped, table.num_rows)
+        subsets[name] = {**_subset_summary(stats, dropped, table.num_rows), "eligible": pools[name]}
         subsets[name]["path"] = posixpath.join(out, "tokenized", name)
 
     summary = {

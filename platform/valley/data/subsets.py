@@ -76,13 +76,19 @@ def with_answer_counts(meta: pa.Table) -> pa.Table:
 
 
 def first_per_question(pool: pa.Table, k: int) -> pa.Table:
-    """At most `k` traces per question: the first ones in the pool's (seeded) order."""
+    """At most `k` traces per question, the first ones in the pool's (seeded) order, grouped by question
+    (questions in the order their first trace comes): a size of N then takes about N/k whole questions, so
+    at equal size `per_question` trades questions for answers, and sizes still nest."""
     seen: dict[str, int] = {}
-    keep = []
+    rank: dict[str, int] = {}
+    keep, order = [], []
     for q in pool.column("question_id").to_pylist():
         seen[q] = seen.get(q, 0) + 1
+        rank.setdefault(q, len(rank))
         keep.append(seen[q] <= k)
-    return pool.filter(pa.array(keep, pa.bool_()))
+        order.append(rank[q])
+    kept = pool.append_column("_question_rank", pa.array(order, pa.int64())).filter(pa.array(keep, pa.bool_()))
+    return kept.sort_by([("_question_rank", "ascending"), ("_key", "ascending")]).drop_columns(["_question_rank"])
 
 
 def mix_counts(shares: list[float], size: int) -> list[int]:
@@ -141,7 +147,8 @@ def _mixed(pool: pa.Table, spec: SubsetSpec, size: int, funnel: _Funnel) -> pa.T
     return pa.concat_tables(taken).sort_by([("_key", "ascending"), ("id", "ascending")])
 
 
-def _select(ordered: pa.Table, spec: SubsetSpec, chosen: dict[str, pa.Table], pool_size: dict[str, int]) -> pa.Table:
+def _select(ordered: pa.Table, spec: SubsetSpec, chosen: dict[str, pa.Table],
+            pool_size: dict[str, int]) -> tuple[pa.Table, int]:
     if spec.kind == "all" and spec.size is not None:
         raise ConfigError(f"subset {spec.name!r}: kind 'all' takes no size (use kind 'random')")
     funnel = _Funnel(spec.name, ordered.num_rows)
@@ -156,12 +163,18 @@ def _select(ordered: pa.Table, spec: SubsetSpec, chosen: dict[str, pa.Table], po
         raise ConfigError(f"subset {spec.name!r} ({spec.kind}) would be empty{hint}")
     if size > pool.num_rows:
         raise funnel.refuse(size, pool.num_rows)
-    return _mixed(pool, spec, size, funnel) if spec.mix else pool.slice(0, size)
+    return (_mixed(pool, spec, size, funnel) if spec.mix else pool.slice(0, size)), pool.num_rows
 
 
 def select_subsets(ordered: pa.Table, specs: list[SubsetSpec]) -> dict[str, pa.Table]:
-    """Rows of each subset, in seeded order. Raises ConfigError, naming the subset and the count after each
-    step of its definition, when a size cannot be met.
+    """Rows of each subset (see `select_with_pools`)."""
+    return select_with_pools(ordered, specs)[0]
+
+
+def select_with_pools(ordered: pa.Table, specs: list[SubsetSpec]) -> tuple[dict[str, pa.Table], dict[str, int]]:
+    """Rows of each subset, in seeded order, and the size of each one's pool (what its definition allowed).
+    Raises ConfigError, naming the subset and the count after each step of its definition, when a size
+    cannot be met.
 
     Paired kinds (correct/incorrect, easy/hard) with no size take the size of the smaller side, so the
     two sides have equal size as the paper's RQ2/RQ3 comparisons need. Subsets are chosen after those
@@ -169,11 +182,12 @@ def select_subsets(ordered: pa.Table, specs: list[SubsetSpec]) -> dict[str, pa.T
     """
     pool_size = {kind: _eligible(ordered, SubsetSpec(name="_", kind=kind)).num_rows for kind in PAIRS}
     chosen: dict[str, pa.Table] = {}
+    pools: dict[str, int] = {}
     for spec in exclusion_order(specs):
-        chosen[spec.name] = _select(ordered, spec, chosen, pool_size)
+        chosen[spec.name], pools[spec.name] = _select(ordered, spec, chosen, pool_size)
     out = {spec.name: chosen[spec.name] for spec in specs}
     verify_subsets(out, specs)
-    return out
+    return out, pools
 
 
 def _definition(spec: SubsetSpec) -> str:

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from valley.demo.corpus import make_instruct, make_problems, make_traces
+from valley.demo.corpus import make_instruct, make_problems, make_teacher_traces, make_traces
 from valley.demo.instruct import InstructSettings, train_instruct_student
 from valley.demo.model import build_demo_tokenizer, build_tiny_model
 
@@ -35,8 +35,11 @@ def write_demo(out_dir: str | Path, *, n_traces: int = 2000, n_problems: int = 4
     also train the base student (`student/`) from them. Returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"traces": out / "traces.jsonl", "problems": out / "problems.jsonl", "tokenizer": out / "tokenizer"}
+    paths = {"traces": out / "traces.jsonl", "problems": out / "problems.jsonl", "tokenizer": out / "tokenizer",
+             "teacher_traces": out / "traces-teachers.jsonl"}
     _write_jsonl(paths["traces"], make_traces(n_traces, seed))
+    # two teachers × 16 answers to the same questions: the teacher and answers-per-question studies' corpus
+    _write_jsonl(paths["teacher_traces"], make_teacher_traces(max(20, n_traces // 30), 16, seed))
     _write_jsonl(paths["problems"], make_problems(n_problems, seed))
     shape = STUDENT_SHAPE if instruct is not None else {}
     stamp = json.dumps({"seed": seed, "shape": shape, "with_model": with_model}, sort_keys=True)

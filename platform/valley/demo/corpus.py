@@ -223,6 +223,35 @@ def make_traces(n: int, seed: int = 0, *, p_correct: float = 0.85) -> list[dict]
     return rows
 
 
+# The teachers of the demo's teacher corpus: how often each one's program is right and its reasoning closed.
+DEMO_TEACHERS = {"demo-strong": (0.95, 1.0), "demo-weak": (0.55, 0.85)}
+
+
+def make_teacher_traces(n_questions: int = 200, answers: int = 16, seed: int = 0) -> list[dict]:
+    """Answers of two teachers of different quality (`DEMO_TEACHERS`) to the same questions, `answers` each
+    per question: a corpus whose `teacher` and answers-per-question axes a study can vary (OCR-like: no
+    tests, source demo-multi)."""
+    rows = []
+    for q in range(n_questions):
+        qrng = random.Random(f"{seed}-multi-{q}")
+        fam = FAMILIES[q % len(FAMILIES)]
+        variant = q // len(FAMILIES)
+        cases = [_random_case(qrng) for _ in range(4)]
+        functional = qrng.random() < 1 / 3
+        question = _lcb_question(fam, functional=functional, variant=variant, example=cases[0])
+        for teacher, (p_correct, p_closed) in DEMO_TEACHERS.items():
+            rng = random.Random(f"{seed}-{teacher}-{q}")
+            for k in range(answers):
+                correct = rng.random() < p_correct
+                think = "closed" if rng.random() < p_closed else "unclosed"
+                code = _program(fam, functional=functional, correct=correct)
+                rows.append({"id": f"multi-{teacher.removeprefix('demo-')}-{q:04d}-{k:02d}",
+                             "question_id": f"multi-{fam.key}-{variant}", "source": "demo-multi",
+                             "difficulty": fam.difficulty, "question": question,
+                             "response": _response(rng, fam, code, think=think), "teacher": teacher, "tests": None})
+    return rows
+
+
 def make_instruct(n: int, seed: int = 0, families: tuple[str, ...] = INSTRUCT_FAMILIES) -> list[dict]:
     """`n` direct answers (code only, no reasoning, always right) to questions of `families`: the
     instruct stage's corpus, which makes the random tiny model a student that codes without thinking."""

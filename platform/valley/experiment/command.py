@@ -40,6 +40,43 @@ def print_graph(graph: StudyGraph, limits: dict[str, Any]) -> None:
                   + ", ".join(f"{k} {'cluster' if v is None else v}" for k, v in limits.items()))
 
 
+def design_rows(spec: Any, graph: StudyGraph, pools: dict[str, int]) -> list[dict[str, str]]:
+    """One row per arm: its subset definition, eligible traces (from a finished data run, else "-"), sizes,
+    starts and the training runs it expands to (per student)."""
+    import json
+
+    arms, _, _ = spec.design()
+    rows = []
+    for name, arm in arms.items():
+        names = [arm.subset_name(name, size) for size in arm.sizes]
+        found = [pools[n] for n in names if n in pools]
+        trains = sum(1 for n in graph.nodes if n.kind == "train" and getattr(n.params, "arm", None) == name)
+        rows.append({"arm": name, "subset": json.dumps(arm.subset, sort_keys=True) if arm.subset else "any trace",
+                     "eligible": f"{max(found):,}" if found else "- (after the data stage)",
+                     "sizes": ", ".join(f"{s:,}" for s in arm.sizes), "from": ", ".join(arm.starts()),
+                     "training runs": str(trains)})
+    return rows
+
+
+def print_design(spec: Any, graph: StudyGraph, storage_root: str | None) -> None:
+    """`valley run --plan`: the arms (with their pools where a data run has counted them) and comparisons."""
+    pools: dict[str, int] = {}
+    if storage_root:
+        from valley.capacity.estimate import manifest_subsets
+
+        storage = Storage(storage_root, create=False)
+        for student in spec.students:
+            pools.update({n: s.eligible for n, s in manifest_subsets(storage, graph, student.name).items()
+                          if s.eligible is not None})
+    console = _console()
+    console.print(_table(f"study {graph.experiment}: arms", design_rows(spec, graph, pools)))
+    _, comparisons, evaluate_base = spec.design()
+    for c in comparisons:
+        what = f"series of {c.series}" if c.series else f"contrast {c.contrast[0]} vs {c.contrast[1]}"
+        console.print(f"comparison {c.name!r}: {what}")
+    console.print(f"base model evaluated: {'yes' if evaluate_base else 'no'}")
+
+
 def add_status_parser(sub: Any, add_storage: Any) -> None:
     p = sub.add_parser("status", help="state of each node of a running or finished study, read from its storage")
     p.add_argument("storage_root", nargs="?", default=None, help="storage root (default: --storage)")

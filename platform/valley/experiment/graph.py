@@ -37,7 +37,8 @@ class SubsetRequest:
 
     @classmethod
     def of(cls, name: str, size: int, definition: Mapping[str, Any]) -> SubsetRequest:
-        return cls(name, size, json.dumps(dict(definition), sort_keys=True))
+        given = {k: v for k, v in definition.items() if v is not None}  # unset and absent mean the same
+        return cls(name, size, json.dumps(given, sort_keys=True))
 
     def spec_fields(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size, **json.loads(self.definition)}
@@ -222,12 +223,18 @@ def _needs_labels(definition: Mapping[str, Any]) -> bool:
     return definition.get("kind") in ("correct", "incorrect") or any("correct" in c for c in clauses)
 
 
-def _eval_subset(arm: ArmSpec, arm_name: str) -> str:
-    """What a run's `subset` says in the report: the preset kind of an arm that is only a preset (the
-    paper's tables group by it), else the arm's name."""
-    if set(arm.subset) <= {"kind", "sources"}:
-        return str(arm.subset.get("kind", "random"))
-    return arm_name
+def preset_kind(arms: Mapping[str, ArmSpec], arm_name: str) -> str | None:
+    """The preset kind of an arm that is only a preset (kind and sources) and the only arm of its kind:
+    the paper's tables group runs by it. None for any other arm."""
+    arm = arms[arm_name]
+    kind = str(arm.subset.get("kind", "random"))
+    alone = all(str(other.subset.get("kind", "random")) != kind for name, other in arms.items() if name != arm_name)
+    return kind if set(arm.subset) <= {"kind", "sources"} and alone else None
+
+
+def _eval_subset(arms: Mapping[str, ArmSpec], arm_name: str) -> str:
+    """What a run's `subset` says in the report: its arm's preset kind (see `preset_kind`), else the arm."""
+    return preset_kind(arms, arm_name) or arm_name
 
 
 class _StudentPlanner:
@@ -297,7 +304,7 @@ class _StudentPlanner:
                 deps = (self.provider[name],) + ((start_node,) if start_node else ())
                 params = TrainParams(tag, name, size, self.provider[name], start_node, arm.per_epoch_eval, arm_name)
                 self.nodes.append(Node(node_id, "train", f"{self.prefix}-{tag}", deps, train_res, self.s, params))
-                run = EvalRun(f"{self.s}-{tag}", self.s, size, _eval_subset(arm, arm_name), checkpoint, train=node_id,
+                run = EvalRun(f"{self.s}-{tag}", self.s, size, _eval_subset(self.arms, arm_name), checkpoint, train=node_id,
                               arm=arm_name, start=label)
                 self.runs.append(run)
                 if arm.per_epoch_eval:

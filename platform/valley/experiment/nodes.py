@@ -25,6 +25,7 @@ from valley.experiment.graph import (
     Node,
     StudyGraph,
     TrainParams,
+    preset_kind,
     train_fields,
 )
 from valley.experiment.spec import ExperimentSpec
@@ -193,6 +194,24 @@ def graded_outputs(graph: StudyGraph, outputs: Mapping[str, Outputs]) -> dict[st
             if nid in nodes and nodes[nid].kind == "grade"}
 
 
+def report_comparisons(spec: ExperimentSpec, graph: StudyGraph, finished: set[str]) -> list[dict[str, Any]]:
+    """The spec's comparisons that the paper's tables do not already show (a series of the scaling
+    preset is Table 1, a contrast of two other presets Table 2), each with its arms' finished runs."""
+    arms, comparisons, _ = spec.design()
+    out = []
+    for c in comparisons:
+        kinds = [preset_kind(arms, arm) for arm in c.arms()]
+        if c.series is not None and kinds[0] == "random":
+            continue
+        if c.contrast is not None and all(k is not None and k != "random" for k in kinds):
+            continue
+        runs = {arm: [r.run_id for r in graph.runs if r.arm == arm and r.epoch is None and r.run_id in finished]
+                for arm in c.arms()}
+        out.append({"name": c.name, "kind": "series" if c.series is not None else "contrast", "arms": c.arms(),
+                    "runs": runs})
+    return out
+
+
 def report_over(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, outputs: Mapping[str, Outputs],
                 name: str | None = None) -> Outputs:
     """The report over every finished evaluation in `outputs` (all of them, unless a partial report)."""
@@ -201,6 +220,9 @@ def report_over(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, outpu
     specs = run_specs(graph.runs, graded_outputs(graph, outputs))
     ledger = cost_ledger.CostLedger(storage, spec.experiment)
     fields = {"costs": ledger.rows(), **spec.section("report")}
+    declared = report_comparisons(spec, graph, {s["run_id"] for s in specs})
+    if declared:
+        fields["comparisons"] = declared
     if fields.get("max_tokens") is None:
         fields["max_tokens"] = report_max_tokens(spec)
     cfg = ReportConfig(name=name or spec.experiment, experiment=spec.experiment, runs=specs, **fields)

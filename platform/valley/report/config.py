@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from valley import legacy
 from valley.config import StageConfig
 
 CORE_METRICS = ("pass@1", "completion_rate", "think_rate")
@@ -33,6 +34,18 @@ class RunSpec(BaseModel):
         return self.source_run_id or self.run_id
 
 
+class ComparisonRuns(BaseModel):
+    """A comparison the study declares, with the runs of each arm: `series` (one arm over its sizes) or
+    `contrast` (two arms at equal size and start)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["series", "contrast"]
+    arms: list[str] = Field(min_length=1, max_length=2)
+    runs: dict[str, list[str]]  # arm -> run ids of its final evaluations
+
+
 class ReportConfig(StageConfig):
     """An experiment's runs plus scoring knobs; the hash names the report directory."""
 
@@ -50,8 +63,11 @@ class ReportConfig(StageConfig):
     parallel: bool = True  # one Ray task per run when Ray is initialised
     # stage timings recorded by `valley run` (valley/experiment/cost_ledger.py) for report.md's cost table
     costs: list[dict[str, Any]] = Field(default_factory=list)
+    # the study's comparisons beyond the paper's tables (RQ1 series, RQ2/RQ3 contrasts of preset arms)
+    comparisons: list[ComparisonRuns] | None = None
 
     hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "parallel"})
+    hash_exclude_if_none: ClassVar[frozenset[str]] = legacy.REPORT_HASHED_ONLY_WHEN_SET
 
     @field_validator("ks")
     @classmethod

@@ -10,7 +10,7 @@ import datetime as dt
 
 import polars as pl
 
-from valley.report import cost_table, plots, tables
+from valley.report import comparisons, cost_table, plots, tables
 from valley.report.agreement import Agreement
 from valley.report.config import CORE_METRICS, ReportConfig
 from valley.storage import Storage
@@ -37,6 +37,7 @@ def render_markdown(cfg: ReportConfig, results: pl.DataFrame, fits: list[dict], 
         tables.table1(results, cfg.scaling_subset),
         "## Table 2 — trace correctness and question difficulty",
         tables.table2(results, cfg.scaling_subset),
+        *comparisons.comparison_sections(cfg.comparisons or [], results, comparisons.base_runs(results), plot_files),
         "## The valley",
         *[f"![{f}]({f})" for f in plot_files if f.startswith("valley")],
         tables.fit_table(fits) if fits else "_Not enough sizes to fit._",
@@ -64,8 +65,10 @@ def render_markdown(cfg: ReportConfig, results: pl.DataFrame, fits: list[dict], 
     return "\n\n".join(parts) + "\n"
 
 
-def write_plots(storage: Storage, out: str, results: pl.DataFrame, fits: list[dict], scaling_subset: str) -> list[str]:
-    """The valley plots (all core metrics, then one per metric) and, with per-epoch runs, epochs.png."""
+def write_plots(storage: Storage, out: str, results: pl.DataFrame, fits: list[dict], cfg: ReportConfig) -> list[str]:
+    """The valley plots (all core metrics, then one per metric), with per-epoch runs epochs.png, and one
+    plot per declared comparison."""
+    scaling_subset = cfg.scaling_subset
     plot_files = ["valley.png"]
     storage.write_bytes(plots.valley_figure(results, fits, scaling_subset), out, "valley.png")
     for metric in CORE_METRICS:
@@ -76,6 +79,12 @@ def write_plots(storage: Storage, out: str, results: pl.DataFrame, fits: list[di
     if epoch_png is not None:
         storage.write_bytes(epoch_png, out, "epochs.png")
         plot_files.append("epochs.png")
+    bases = comparisons.base_runs(results)
+    for i, comparison in enumerate(cfg.comparisons or []):
+        png = comparisons.comparison_figure(comparison, results, bases)
+        if png is not None:
+            storage.write_bytes(png, out, comparisons.comparison_plot_name(i))
+            plot_files.append(comparisons.comparison_plot_name(i))
     return plot_files
 
 
@@ -83,7 +92,7 @@ def write_report(cfg: ReportConfig, storage: Storage, out: str, results: pl.Data
                  agree: Agreement | None = None) -> tuple[list[str], str | None]:
     """Plots, valley_fit.json, agreement.parquet (when `agree`) and report.md, in that order; returns the
     plot file names and the agreement table's path (None without one)."""
-    plot_files = write_plots(storage, out, results, fits, cfg.scaling_subset)
+    plot_files = write_plots(storage, out, results, fits, cfg)
     storage.write_json({"experiment": cfg.experiment, "fits": fits}, out, "valley_fit.json")
     markdown = render_markdown(cfg, results, fits, plot_files)
     agreement_path = None
