@@ -126,3 +126,28 @@ def test_the_report_renders_each_declared_comparison():
     assert "| s | the base model | 800 | pass@1 | 40.0 [38.0, 42.0] | 15.0 [13.0, 17.0] | +25.0 |" in text
     assert "| s (base) | 20.0" in text
     assert comparison_figure(contrast, results, {"s": "s-base"})[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_the_teacher_study_runs_on_the_demo_corpus_and_reports_its_contrast(ray_local, tmp_path, monkeypatch):
+    """teachers.yaml end to end (reduced: 40 traces per arm, the random demo model as the student): the
+    data stage selects each teacher's traces, and report.md has the declared contrast with both arms."""
+    from valley.demo import write_demo
+    from valley.experiment import run_experiment
+    from valley.storage import Storage
+
+    monkeypatch.chdir(tmp_path)
+    write_demo("demo-data", n_traces=600, n_problems=8)
+    spec = load_spec(CONFIGS / "teachers.yaml", [
+        "students=[{name: tiny, model: demo-data/model}]", "arms.strong.sizes=[40]", "arms.weak.sizes=[40]",
+        "train.epochs=1", "generate.n=1", "generate.max_tokens=32", "report.n_boot=20"])
+    storage = Storage(str(tmp_path / "runs"))
+    result = run_experiment(spec, storage, live=False)
+    report = Path(storage.uri(result.report_md)).read_text()
+    assert "## Teacher: strong vs weak at equal size" in report
+    assert any(p.endswith("comparison-1.png") for p in result.plots)
+    assert "| tiny | the base model | 40 | pass@1 |" in report
+    data_dir = next(p for p in (tmp_path / "runs" / "data").iterdir() if p.is_dir())
+    manifest = __import__("json").loads((data_dir / "manifest.json").read_text())
+    assert {n: s["rows"] for n, s in manifest["subsets"].items()} == {"strong-40": 40, "weak-40": 40}
+    assert manifest["subsets"]["strong-40"]["eligible"] == 320

@@ -113,7 +113,7 @@ def test_exclusive_arms_share_no_trace_whatever_their_order():
     for specs in ([a, b], [b, a]):
         got = select_subsets(seeded_order(meta, seed=0), specs)
         assert not _ids(got["a"]) & _ids(got["b"]) and got["b"].num_rows == 150
-    with pytest.raises(ValidationError, match="cycle"):
+    with pytest.raises(ValidationError, match="exclude each other in a loop: a -> b -> a"):
         DataConfig(inputs=["x"], tokenizer="t", subsets=[SubsetSpec(name="a", exclusive_of=["b"]),
                                                          SubsetSpec(name="b", exclusive_of=["a"])])
     with pytest.raises(ValidationError, match="exclusive_of names"):

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 
 from valley.config import StageConfig
 from valley.data.conditions import Condition, as_condition, check_conditions
+from valley.ordering import dependency_order
 
 TACO_EASY = ("easy", "medium")  # difficulty buckets of RQ3's easy side (data/difficulty.py)
 TACO_HARD = ("medium_hard", "hard", "very_hard")
@@ -200,20 +201,5 @@ class DataConfig(StageConfig):
 def exclusion_order(subsets: list[SubsetSpec]) -> list[SubsetSpec]:
     """The subsets in an order where each comes after those it must exclude; a cycle is refused."""
     by_name = {s.name: s for s in subsets}
-    done: list[SubsetSpec] = []
-    state: dict[str, str] = {}
-
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "visiting":
-            raise ValueError(f"subsets exclude each other in a cycle: {' -> '.join((*path, name))}")
-        state[name] = "visiting"
-        for other in by_name[name].exclusive_of or []:
-            visit(other, (*path, name))
-        state[name] = "done"
-        done.append(by_name[name])
-
-    for subset in subsets:
-        visit(subset.name, ())
-    return done
+    names = dependency_order({s.name: s.exclusive_of or [] for s in subsets}, "subsets exclude each other")
+    return [by_name[n] for n in names]

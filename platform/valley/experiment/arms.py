@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from valley.ordering import dependency_order
+
 BASE = "base"
 
 
@@ -96,7 +98,7 @@ def check_design(arms: dict[str, ArmSpec], comparisons: list[ComparisonSpec]) ->
             found = parse_start(start)
             if found is not None and (found[0] not in arms or found[1] not in arms[found[0]].sizes):
                 raise ValueError(f"arm {arm_name!r} starts from {start!r}, which no arm trains")
-    _no_start_cycle(arms)
+    start_order(arms)
     for comparison in comparisons:
         unknown = [a for a in comparison.arms() if a not in arms]
         if unknown:
@@ -105,41 +107,14 @@ def check_design(arms: dict[str, ArmSpec], comparisons: list[ComparisonSpec]) ->
             raise ValueError(f"comparison {comparison.name!r}: arms {comparison.contrast} share no size")
 
 
-def _no_start_cycle(arms: dict[str, ArmSpec]) -> None:
-    state: dict[str, str] = {}
-
-    def visit(arm: str, path: tuple[str, ...]) -> None:
-        if state.get(arm) == "done":
-            return
-        if state.get(arm) == "visiting":
-            raise ValueError(f"arms start from each other in a loop: {' -> '.join((*path, arm))}")
-        state[arm] = "visiting"
-        for start in arms[arm].starts():
-            found = parse_start(start)
-            if found is not None:
-                visit(found[0], (*path, arm))
-        state[arm] = "done"
-
-    for arm in arms:
-        visit(arm, ())
+def _start_arms(arm: ArmSpec) -> list[str]:
+    return [found[0] for start in arm.starts() if (found := parse_start(start)) is not None]
 
 
 def start_order(arms: dict[str, ArmSpec]) -> list[str]:
-    """Arm names with every arm after the arms it starts from (declaration order otherwise)."""
-    ordered: list[str] = []
-
-    def place(arm: str) -> None:
-        if arm in ordered:
-            return
-        for start in arms[arm].starts():
-            found = parse_start(start)
-            if found is not None:
-                place(found[0])
-        ordered.append(arm)
-
-    for arm in arms:
-        place(arm)
-    return ordered
+    """Arm names with every arm after the arms it starts from (declaration order otherwise); arms that
+    start from each other in a loop are refused."""
+    return dependency_order({name: _start_arms(arm) for name, arm in arms.items()}, "arms start from each other")
 
 
 def arms_of_study(study: Any) -> tuple[dict[str, ArmSpec], list[ComparisonSpec]]:
