@@ -21,7 +21,7 @@ from typing import Any
 
 from valley import legacy, registry
 from valley.experiment.arms import ArmSpec, parse_start, start_order
-from valley.experiment.spec import ExperimentSpec, StudentSpec
+from valley.experiment.spec import ExperimentSpec, StudentSpec, train_fields
 
 KINDS = registry.study_kinds()
 
@@ -196,15 +196,6 @@ def epoch_runs(final: EvalRun, epochs: int, start_run_id: str | None) -> list[Ev
     points += [replace(final, run_id=f"{final.run_id}-e{k}", epoch=k) for k in range(1, epochs)]
     points.append(replace(final, run_id=f"{final.run_id}-e{epochs}", epoch=epochs, alias_of=final.run_id))
     return points
-
-
-def train_fields(spec: ExperimentSpec) -> dict[str, Any]:
-    """The spec's train section, with `max_seq_len` taken from the data section when the train section does
-    not set it (declared once: the data stage packs to it and training must accept it)."""
-    fields = spec.section("train")
-    if fields.get("max_seq_len") is None:
-        fields["max_seq_len"] = spec.section_config("data").max_seq_len
-    return fields
 
 
 def train_config(spec: ExperimentSpec) -> Any:

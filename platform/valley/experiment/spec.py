@@ -186,8 +186,6 @@ class ExperimentSpec(BaseModel):
 
     def arm_train_config(self, arm: str) -> Any:
         """The train section with the arm's own overrides, as a TrainConfig with placeholders."""
-        from valley.experiment.graph import train_fields
-
         overrides = self.design()[0][arm].train
         return registry.stage("train").config_class()(data="-", model="-", **{**train_fields(self), **overrides})
 
@@ -220,6 +218,15 @@ class ExperimentSpec(BaseModel):
 # values for the fields a study sets per run, when a section is checked alone
 PLACEHOLDERS: dict[str, Any] = {"tokenizer": "-", "traces": "-", "data": "-", "model": "-", "samples": "-",
                                 "problems": "-", "experiment": "-"}
+
+
+def train_fields(spec: ExperimentSpec) -> dict[str, Any]:
+    """The spec's train section, with `max_seq_len` taken from the data section when the train section does
+    not set it (declared once: the data stage packs to it and training must accept it)."""
+    fields = spec.section("train")
+    if fields.get("max_seq_len") is None:
+        fields["max_seq_len"] = spec.section_config("data").max_seq_len
+    return fields
 
 
 def _absolute(path: str) -> str:
