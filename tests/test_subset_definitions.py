@@ -157,6 +157,18 @@ def test_presets_serialise_as_before_and_definitions_round_trip():
     assert SubsetSpec.model_validate(dumped) == new
 
 
+def test_token_counts_use_the_tokenizer_on_the_response_and_its_think_block(tmp_path):
+    from valley.data.chat import load_tokenizer
+    from valley.data.conditions import token_counts
+    from valley.demo import build_demo_tokenizer
+
+    tok = load_tokenizer(str(build_demo_tokenizer(tmp_path / "tok")))
+    texts = ["<think>find the largest</think>print(max(a))", "print(1)", "<think>open"]
+    full, think = token_counts(tok, pa.array(texts))
+    assert full.to_pylist() == [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert think.to_pylist() == [len(tok("find the largest", add_special_tokens=False)["input_ids"]), 0, 0]
+
+
 def test_lengths_count_characters_of_the_response_and_its_closed_think_block():
     chars, think = response_lengths(pa.array(["<think>héllo</think>print(1)", "print(2)", "<think>never closed"]))
     assert chars.to_pylist() == [28, 8, 19] and think.to_pylist() == [5, 0, 0]
@@ -176,21 +188,31 @@ def test_the_data_stage_selects_by_definition_with_derived_columns(ray_local, tm
         row["teacher"] = "strong" if i % 2 else "weak"
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     think = {r["id"]: r["response"].split("</think>")[0].removeprefix("<think>") for r in rows}
+    closed = {r["id"] for r in rows if "<think>" in r["response"] and "</think>" in r["response"]}
     storage = Storage(str(tmp_path / "runs"))
     cfg = DataConfig(name="defs", inputs=[str(tmp_path / "t.jsonl")], tokenizer=str(build_demo_tokenizer(tmp_path / "tok")),
                      max_seq_len=1024, subsets=[
                          SubsetSpec(name="strong-short", where={"teacher": "strong", "think_chars": {"le": 400}},
                                     per_question=3, size=20),
-                         SubsetSpec(name="other", exclusive_of=["strong-short"], size=100)])
+                         SubsetSpec(name="other", exclusive_of=["strong-short"], size=100),
+                         SubsetSpec(name="few-think-tokens", where={"think_tokens": {"le": 60}})])
     result = run_data(cfg, storage)
     chosen = {n: storage.read_parquet(result.stage_dir, "subsets", f"{n}.parquet") for n in ("strong-short", "other")}
     by_id = {r["id"]: r for r in rows}
     strong = [by_id[i] for i in chosen["strong-short"].column("id").to_pylist()]
-    assert len(strong) == 20 and all(r["teacher"] == "strong" and len(think[r["id"]]) <= 400 for r in strong)
+    assert len(strong) == 20 and all(r["teacher"] == "strong" and (r["id"] not in closed or len(think[r["id"]]) <= 400)
+                                  for r in strong)
     questions = [r["question_id"] for r in strong]
     assert max(questions.count(q) for q in questions) <= 3
     assert not _ids(chosen["strong-short"]) & _ids(chosen["other"])
     assert result.subsets["strong-short"]["rows"] == 20 and result.subsets["other"]["rows"] == 100
+    from valley.data.chat import load_tokenizer
+
+    tok = load_tokenizer(cfg.tokenizer)
+    few = set(storage.read_parquet(result.stage_dir, "subsets", "few-think-tokens.parquet").column("id").to_pylist())
+    expected = {i for i, text in think.items()
+                if i not in closed or len(tok(text, add_special_tokens=False)["input_ids"]) <= 60}
+    assert few == expected and 0 < len(few) < len(rows)
 
 
 def test_per_question_at_equal_size_trades_questions_for_answers():

@@ -25,7 +25,11 @@ DERIVED_COLUMNS: dict[str, str] = {
     "answers_per_question": "number",  # accepted traces sharing the trace's question_id
     "response_chars": "number",  # characters in the response
     "think_chars": "number",  # characters inside the <think>…</think> block (0 without a closed block)
+    "response_tokens": "number",  # the response's tokens, counted by the data run's (the student's) tokenizer
+    "think_tokens": "number",  # the think block's tokens, likewise (0 without a closed block)
 }
+LENGTH_COLUMNS = {"response_chars", "think_chars"}
+TOKEN_COLUMNS = {"response_tokens", "think_tokens"}
 COLUMNS = {**TRACE_COLUMNS, **DERIVED_COLUMNS}
 ORDERING = ("gt", "ge", "lt", "le")
 
@@ -117,9 +121,25 @@ def describe(where: dict[str, Condition]) -> str:
     return ", ".join(f"{c} {op} {v!r}" for c, cond in where.items() for op, v in cond.operators().items())
 
 
+def think_texts(responses: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The text inside each response's closed `<think>…</think>` block, null where there is none."""
+    return pc.struct_field(pc.extract_regex(responses, r"(?s)<think>(?P<think>.*?)</think>"), "think")
+
+
+def token_counts(tokenizer: object, responses: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """(response tokens, think-block tokens) per response, without special tokens: what the student's
+    tokenizer makes of the text itself."""
+    def count(texts: list[str | None]) -> pa.Array:
+        given = [t for t in texts if t]
+        ids = tokenizer(given, add_special_tokens=False)["input_ids"] if given else []  # type: ignore[operator]
+        lengths = iter(len(i) for i in ids)
+        return pa.array([next(lengths) if t else 0 for t in texts], pa.int64())
+
+    return count(responses.to_pylist()), count(think_texts(responses).to_pylist())
+
+
 def response_lengths(responses: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
     """(response characters, think-block characters) per response; a response without a closed
     `<think>…</think>` block has a think length of 0."""
-    think = pc.extract_regex(responses, r"(?s)<think>(?P<think>.*?)</think>")  # null where none is closed
-    think_chars = pc.fill_null(pc.utf8_length(pc.struct_field(think, "think")), 0)
+    think_chars = pc.fill_null(pc.utf8_length(think_texts(responses)), 0)
     return pc.utf8_length(responses), think_chars

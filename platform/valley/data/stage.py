@@ -23,7 +23,14 @@ from typing import Any
 import pyarrow as pa
 
 from valley import schemas
-from valley.data.conditions import derived_needed, response_lengths
+from valley.data.chat import load_tokenizer
+from valley.data.conditions import (
+    LENGTH_COLUMNS,
+    TOKEN_COLUMNS,
+    derived_needed,
+    response_lengths,
+    token_counts,
+)
 from valley.data.config import ColumnMapping, DataConfig, SubsetSpec
 from valley.data.ingest import run_ingest
 from valley.data.joins import check_inputs, run_joins
@@ -44,7 +51,6 @@ from valley.storage import Storage
 
 __all__ = ["ColumnMapping", "DataConfig", "DataResult", "SubsetSpec", "run_data"]
 
-LENGTH_COLUMNS = {"response_chars", "think_chars"}
 META_COLUMNS = ["id", "question_id", "source", "difficulty", "difficulty_bucket", "teacher", "correct", "think",
                 "source_file", "source_row"]
 
@@ -76,22 +82,28 @@ def run_hash(cfg: DataConfig, files: list[str]) -> str:
     return hashlib.sha256((cfg.config_hash() + _fingerprint(inputs) + _fingerprint(tok_files)).encode()).hexdigest()
 
 
-def _load_meta(storage: Storage, out: str, lengths: bool = False) -> pa.Table:
-    """Every trace's columns that subsets select on (not its text), with the part it is in; with `lengths`
-    also its response's and think block's length in characters (read part by part, then dropped)."""
+def _load_meta(storage: Storage, out: str, derived: set[str] = frozenset(), tokenizer: str | None = None) -> pa.Table:
+    """Every trace's columns that subsets select on (not its text), with the part it is in, and the
+    `derived` length columns a subset names: characters of the response and its think block, and their
+    tokens under `tokenizer` (read part by part; the text itself is dropped)."""
+    needs_text = bool(derived & (LENGTH_COLUMNS | TOKEN_COLUMNS))
+    tok = load_tokenizer(tokenizer) if derived & TOKEN_COLUMNS and tokenizer else None
     tables = []
     for part in storage.list(out, "traces", suffix=".parquet"):
-        t = storage.read_parquet(out, "traces", part, columns=META_COLUMNS + (["response"] if lengths else []))
-        if lengths:
-            response_chars, think_chars = response_lengths(t.column("response"))
-            t = t.drop_columns(["response"]).append_column("response_chars", response_chars) \
-                .append_column("think_chars", think_chars)
+        t = storage.read_parquet(out, "traces", part, columns=META_COLUMNS + (["response"] if needs_text else []))
+        if needs_text:
+            responses = t.column("response")
+            extra = dict(zip(("response_chars", "think_chars"), response_lengths(responses)))
+            if tok is not None:
+                extra.update(zip(("response_tokens", "think_tokens"), token_counts(tok, responses)))
+            t = t.drop_columns(["response"])
+            for name in sorted(derived & set(extra)):
+                t = t.append_column(name, extra[name])
         tables.append(t.append_column("part", pa.array([part] * t.num_rows, pa.string())))
     if tables:
         return pa.concat_tables(tables)
     fields = [schemas.TRACES.field(c) for c in META_COLUMNS]
-    if lengths:
-        fields += [pa.field("response_chars", pa.int32()), pa.field("think_chars", pa.int32())]
+    fields += [pa.field(name, pa.int64()) for name in sorted(derived & (LENGTH_COLUMNS | TOKEN_COLUMNS))]
     return pa.schema([*fields, pa.field("part", pa.string())]).empty_table()
 
 
@@ -152,7 +164,7 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
 
     # 2. one row per id; duplicates are rejects too
     derived = derived_needed([w for subset in cfg.subsets for w in subset.where_clauses()])
-    meta, dupes = split_duplicate_ids(_load_meta(storage, out, lengths=bool(derived & LENGTH_COLUMNS)))
+    meta, dupes = split_duplicate_ids(_load_meta(storage, out, derived, cfg.tokenizer))
     if dupes.num_rows:
         reasons["duplicate_id"] += dupes.num_rows
         rows = [{"source_file": r["source_file"], "source_row": r["source_row"], "field": "id",
