@@ -151,3 +151,17 @@ def test_the_teacher_study_runs_on_the_demo_corpus_and_reports_its_contrast(ray_
     manifest = __import__("json").loads((data_dir / "manifest.json").read_text())
     assert {n: s["rows"] for n, s in manifest["subsets"].items()} == {"strong-40": 40, "weak-40": 40}
     assert manifest["subsets"]["strong-40"]["eligible"] == 320
+
+
+def test_an_arm_may_continue_from_another_students_run(tmp_path):
+    """`<student>/<arm>@<size>`: every student's run of the arm starts from that student's run (e.g. a
+    checkpoint of the same architecture trained on another corpus)."""
+    spec = _spec(tmp_path, students=[{"name": "late", "model": "m2"}, {"name": "early", "model": "m"}],
+                 arms={"r": {"sizes": [10]}, "more": {"sizes": [20], "from": ["early/r@10"]}}, label=None)
+    graph = plan_study(spec)
+    nodes = graph.by_id()
+    assert [n.student for n in graph.nodes if n.kind == "data"] == ["early", "late"]  # the named student first
+    assert nodes["train:late-more-20-from-early-r-10"].deps == ("data:late", "train:early-r-10")
+    assert nodes["train:early-more-20-from-r-10"].deps == ("data:early", "train:early-r-10")
+    with pytest.raises(ConfigError, match="students \\['nobody'\\]"):
+        _spec(tmp_path, arms={"r": {"sizes": [10]}, "more": {"sizes": [20], "from": ["nobody/r@10"]}})

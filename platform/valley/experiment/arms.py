@@ -4,8 +4,9 @@ comparisons the report draws between them.
 An arm trains one run per size and start. Its subset is the data stage's `SubsetSpec` without name and size
 (`kind`, `sources`, `where`, `per_question`, `mix`, `exclusive_of`, `seed`), so anything the corpus holds
 can be an axis: teacher, answers per question, trace length, source, difficulty, correctness. `from` lists
-where runs start: `base` (the student's model) or `<arm>@<size>` (that arm's run at that size: the paper's
-stage 2 generalised). Comparisons: `series` (one arm over its sizes: the valley curve) and `contrast` (two
+where runs start: `base` (the student's model), `<arm>@<size>` (that arm's run at that size: the paper's
+stage 2 generalised) or `<student>/<arm>@<size>` (another student's run: a checkpoint of the same
+architecture that every student of the study continues from). Comparisons: `series` (one arm over its sizes: the valley curve) and `contrast` (two
 arms at equal size and equal start).
 
 The paper's study (`study:` with RQ1/RQ2/RQ3 and stage 2) is a preset of this: `arms_of_study` turns it
@@ -75,13 +76,19 @@ class ComparisonSpec(BaseModel):
 
 
 def parse_start(start: str) -> tuple[str, int] | None:
-    """`<arm>@<size>` -> (arm, size); `base` -> None."""
+    """`<arm>@<size>` or `<student>/<arm>@<size>` -> (arm, size); `base` -> None (see `start_student`)."""
     if start == BASE:
         return None
-    arm, sep, size = start.rpartition("@")
+    arm, sep, size = start.split("/", 1)[-1].rpartition("@")
     if not sep or not arm or not size.isdigit():
-        raise ValueError(f"start {start!r} is neither 'base' nor '<arm>@<size>'")
+        raise ValueError(f"start {start!r} is neither 'base', '<arm>@<size>' nor '<student>/<arm>@<size>'")
     return arm, int(size)
+
+
+def start_student(start: str) -> str | None:
+    """The student a start names (`<student>/<arm>@<size>`: that student's run), else None (the same
+    student's run, or its base model)."""
+    return start.split("/", 1)[0] if "/" in start and start != BASE else None
 
 
 def check_design(arms: dict[str, ArmSpec], comparisons: list[ComparisonSpec]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from valley import legacy, registry
-from valley.experiment.arms import ArmSpec, parse_start, start_order
+from valley.experiment.arms import ArmSpec, parse_start, start_order, start_student
 from valley.experiment.spec import ExperimentSpec, StudentSpec, train_fields
 
 KINDS = registry.study_kinds()
@@ -232,7 +232,8 @@ class _StudentPlanner:
     """The nodes and evaluation points of one student, built phase by phase: its data runs (and labelling),
     every arm's training runs (each after the arms it starts from), then generate+grade per point."""
 
-    def __init__(self, spec: ExperimentSpec, student: StudentSpec):
+    def __init__(self, spec: ExperimentSpec, student: StudentSpec,
+                 elsewhere: dict[tuple[str, str, int], tuple[str, str, str]] | None = None):
         self.spec, self.s = spec, student.name
         self.arms, _, self.evaluate_base = spec.design()
         self.prefix = f"{spec.experiment}-{student.name}"
@@ -241,6 +242,8 @@ class _StudentPlanner:
         self.runs: list[EvalRun] = []
         self.provider: dict[str, str] = {}  # subset -> the data node that packs it
         self.trained: dict[tuple[str, int], tuple[str, str, str]] = {}  # (arm, size) -> (node, tag, run id)
+        # other students' runs already planned, (student, arm, size) -> (node, tag, run id)
+        self.elsewhere = elsewhere if elsewhere is not None else {}
 
     def plan(self) -> tuple[list[Node], list[EvalRun]]:
         self.data_nodes()
@@ -278,8 +281,13 @@ class _StudentPlanner:
         found = parse_start(start)
         if found is None:
             return None, base_run, "base", "base"
-        node, tag, run_id = self.trained[found]
-        return node, run_id, self.arms[found[0]].subset_name(found[0], found[1]), str(found[1])
+        student = start_student(start)
+        name = self.arms[found[0]].subset_name(found[0], found[1])
+        if student is None or student == self.s:
+            node, tag, run_id = self.trained[found]
+            return node, run_id, name, str(found[1])
+        node, tag, run_id = self.elsewhere[(student, *found)]
+        return node, None, f"{student}-{name}", f"{student} {found[1]}"  # another student's run: no epoch-0 alias
 
     def arm_runs(self, arm_name: str, base_run: str | None) -> None:
         """One training run per size and start; `<arm>@<size>` names the first start's run of that size."""
@@ -301,6 +309,7 @@ class _StudentPlanner:
                 if arm.per_epoch_eval:
                     self.runs.extend(epoch_runs(run, epochs, start_run))
                 self.trained.setdefault((arm_name, size), (node_id, tag, run.run_id))
+                self.elsewhere.setdefault((self.s, arm_name, size), (node_id, tag, run.run_id))
 
     def evaluation_nodes(self) -> None:
         """A generate and a grade node per evaluation point that is not an alias of another."""
@@ -316,12 +325,20 @@ class _StudentPlanner:
                                    follows=(gen_id,)))
 
 
+def students_in_start_order(spec: ExperimentSpec) -> list[StudentSpec]:
+    """The students, those whose runs others continue from (`<student>/<arm>@<size>`) first."""
+    arms, _, _ = spec.design()
+    named = {start_student(s) for arm in arms.values() for s in arm.starts()} - {None}
+    return sorted(spec.students, key=lambda st: st.name not in named)
+
+
 def plan_study(spec: ExperimentSpec) -> StudyGraph:
     """Every stage run of the study and what it waits for. Pure: the same spec gives the same graph."""
     nodes: list[Node] = []
     runs: list[EvalRun] = []
-    for student in spec.students:
-        student_nodes, student_runs = _StudentPlanner(spec, student).plan()
+    planned: dict[tuple[str, str, int], tuple[str, str, str]] = {}
+    for student in students_in_start_order(spec):
+        student_nodes, student_runs = _StudentPlanner(spec, student, planned).plan()
         nodes += student_nodes
         runs += student_runs
     grades = tuple(n.id for n in nodes if n.kind == "grade")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from valley import config as config_mod
 from valley import registry
 from valley.errors import ConfigError
-from valley.experiment.arms import ArmSpec, ComparisonSpec, arms_of_study, check_design
+from valley.experiment.arms import ArmSpec, ComparisonSpec, arms_of_study, check_design, start_student
 
 
 class StudentSpec(BaseModel):
@@ -155,6 +155,12 @@ class ExperimentSpec(BaseModel):
             raise ValueError("give either arms (with comparisons) or the `study` preset, not both")
         arms, comparisons, _ = self.design()
         check_design(arms, comparisons)
+        students = {st.name for st in self.students}
+        named = {start_student(s) for arm in arms.values() for s in arm.starts()} - {None}
+        if named - students:
+            raise ValueError(f"arms start from runs of students {sorted(named - students)} the study does not have")
+        if len(named) > 1:
+            raise ValueError(f"arms continue from the runs of several students {sorted(named)}; at most one")
         from valley.data.config import SubsetSpec
 
         for arm_name, arm in arms.items():
