@@ -45,3 +45,24 @@ def test_estimate_reads_manifests_and_samples_on_an_object_store_with_student_ov
     assert all(e.samples == e.problems * 3 for e in plan.evaluate)
     assert {(e.expected_tokens, e.length_source) for e in plan.evaluate} == {(200.0, "previous-run")}
     assert {t.run for t in plan.train} >= {"tiny-qwen2-r100", "tiny-qwen2-correct-from-r1200"}
+
+
+def test_an_arms_train_overrides_are_priced(tmp_path, monkeypatch):
+    """An arm that trains 1 epoch instead of the section's 2 is estimated at half the steps and FLOPs."""
+    import yaml
+
+    from valley.demo import write_demo
+
+    monkeypatch.chdir(tmp_path)
+    write_demo("demo-data", n_traces=200, n_problems=6)
+    data = yaml.safe_load(DEMO.read_text())
+    data["students"] = [{"name": "tiny", "model": "demo-data/model"}]
+    data["arms"] = {"short": {"subset": {"kind": "random"}, "sizes": [100], "train": {"epochs": 1}},
+                    "long": {"subset": {"kind": "random", "sources": ["demo-ocr"]}, "sizes": [100]}}
+    data["comparisons"] = [{"name": "epochs", "contrast": ["short", "long"]}]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    plan = estimate_study(load_spec(path), H100)
+    by_run = {t.run.split("-", 1)[1]: t for t in plan.train}
+    assert (by_run["short-100"].epochs, by_run["long-100"].epochs) == (1, 2)
+    assert by_run["short-100"].steps * 2 == by_run["long-100"].steps

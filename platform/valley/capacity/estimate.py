@@ -121,12 +121,14 @@ class TrainRun:
     tag: str
     subset: str
     traces: int
+    arm: str | None = None  # its arm's train overrides (epochs, batch, workers) apply
 
 
 def train_runs(spec: Any, graph: StudyGraph) -> list[TrainRun]:
     """The study's training runs, in the order of its graph (`experiment.plan_study`)."""
     students = {s.name: s for s in spec.students}
-    return [TrainRun(students[n.student], n.params.tag, n.params.subset, n.params.size)  # type: ignore[union-attr]
+    return [TrainRun(students[n.student], n.params.tag, n.params.subset, n.params.size,  # type: ignore[union-attr]
+                     n.params.arm)  # type: ignore[union-attr]
             for n in graph.nodes if n.kind == "train"]
 
 
@@ -324,9 +326,12 @@ def _run_tokens(run: TrainRun, subsets: dict[str, SubsetSummary], per_trace: tup
 
 
 def _train_estimate(run: TrainRun, shape: ModelShape, counted: _RunTokens, c: _Cluster,
-                    a: Assumptions) -> TrainEstimate:
-    """Steps, FLOPs, GPU-hours and per-rank memory of one training run, with its fix when it does not fit."""
-    cfg = c.cfg
+                    a: Assumptions, cfg: TrainConfig | None = None) -> TrainEstimate:
+    """Steps, FLOPs, GPU-hours and per-rank memory of one training run (`cfg`: its arm's train config, default
+    the spec's), with its fix when it does not fit."""
+    cfg = cfg or c.cfg
+    world = cfg.num_workers
+    c = _Cluster(c.node, cfg, world, math.ceil(world / c.node.gpus_per_node), c.peak_flops, c.usable)
     rows = math.ceil(counted.tokens / (packed_length(cfg) * counted.pack_efficiency))
     steps = max(rows // cfg.global_batch_size, 1) * cfg.epochs
     mean_doc = max(counted.tokens / max(counted.docs, 1), 1.0)
@@ -400,7 +405,8 @@ def estimate_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = N
             sampled = corpus_tokens_per_trace(spec, run.student)
             per_trace[name] = (sampled, "corpus-sample") if sampled else (a.tokens_per_trace, "assumed")
         counted = _run_tokens(run, subsets[name], per_trace.get(name, (a.tokens_per_trace, "assumed")), a)
-        plan.train.append(_train_estimate(run, shapes[name], counted, c, a))
+        arm_cfg = spec.arm_train_config(run.arm) if run.arm is not None else None
+        plan.train.append(_train_estimate(run, shapes[name], counted, c, a, arm_cfg))
     plan.evaluate = _eval_estimates(spec, graph, storage, a, plan.notes)
     plan.totals = _totals(plan)
     return plan
