@@ -66,3 +66,23 @@ def test_an_arms_train_overrides_are_priced(tmp_path, monkeypatch):
     by_run = {t.run.split("-", 1)[1]: t for t in plan.train}
     assert (by_run["short-100"].epochs, by_run["long-100"].epochs) == (1, 2)
     assert by_run["short-100"].steps * 2 == by_run["long-100"].steps
+
+
+def test_an_arms_generate_overrides_are_priced(tmp_path, monkeypatch):
+    """An arm sampling 4 per problem is estimated at 4 samples per problem; the base model at the section's."""
+    import yaml
+
+    from valley.demo import write_demo
+
+    monkeypatch.chdir(tmp_path)
+    write_demo("demo-data", n_traces=200, n_problems=6)
+    data = yaml.safe_load(DEMO.read_text())
+    data["students"] = [{"name": "tiny", "model": "demo-data/model"}]
+    data["arms"] = {"wide": {"subset": {"kind": "random"}, "sizes": [100], "generate": {"n": 4}}}
+    data["comparisons"] = [{"name": "wide", "series": "wide"}]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    plan = estimate_study(load_spec(path), H100)
+    by_run = {e.run: e for e in plan.evaluate}
+    assert by_run["tiny-wide-100"].samples == 4 * by_run["tiny-wide-100"].problems
+    assert by_run["tiny-base"].samples == data["generate"]["n"] * by_run["tiny-base"].problems

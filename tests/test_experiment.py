@@ -63,7 +63,7 @@ def test_demo_specs_are_valid():
 
 def test_paper_spec_is_the_papers_study():
     """The full-scale spec validates against every stage's config and carries the paper's recipe."""
-    from valley.experiment.graph import train_fields
+    from valley.experiment.spec import train_fields
     from valley.train.config import TrainConfig
 
     spec = load_spec(REPO / "jobs" / "configs" / "paper.yaml")

@@ -86,7 +86,7 @@ def test_paper_graph_nodes_and_edges():
 def test_train_takes_max_seq_len_from_data_when_unset(tmp_path):
     import yaml
 
-    from valley.experiment.graph import train_fields
+    from valley.experiment.spec import train_fields
 
     data = yaml.safe_load((REPO / "jobs" / "configs" / "demo.yaml").read_text())
     data["train"].pop("max_seq_len", None)

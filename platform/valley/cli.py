@@ -165,8 +165,8 @@ def _on_ray(args: argparse.Namespace) -> int:
         from valley.experiment.command import partial_report
 
         result = partial_report(Storage(args.storage), args.experiment)
-    elif registry.stage(args.command).command is not None:
-        result = importlib.import_module(registry.stage(args.command).command).run_from_args(args)
+    elif (command := registry.stage(args.command).command) is not None:
+        result = importlib.import_module(command).run_from_args(args)
     else:
         result = run_stage_from_config(args.command, args.config, args.overrides, args.storage)
     _print_result(located(result, Storage(args.storage)))  # results hold root-relative paths: show URIs

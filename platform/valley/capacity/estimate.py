@@ -21,7 +21,7 @@ from typing import Any
 from valley.capacity.assumptions import Assumptions
 from valley.capacity.cluster import GpuNode
 from valley.capacity.memory import GIB, ModelShape, RankMemory, packed_length, rank_memory, resolve_attn
-from valley.experiment.graph import StudyGraph, plan_study, train_config
+from valley.experiment.graph import StudyGraph, plan_study
 from valley.manifest import MANIFEST, Manifest, SubsetSummary
 from valley.storage import SUCCESS, Storage
 from valley.train.config import TrainConfig
@@ -287,20 +287,15 @@ def fix_for(shape: ModelShape, cfg: TrainConfig, world: int, node: GpuNode, usab
 
 @dataclass
 class _Cluster:
-    """The GPU node and the run shape every training run shares (the spec's one train section)."""
+    """The GPU node every training run lands on: its bf16 peak and the memory a rank may use."""
 
     node: GpuNode
-    cfg: TrainConfig
-    world: int
-    nodes: int
     peak_flops: float
     usable: int
 
 
-def _cluster(spec: Any, node: GpuNode, a: Assumptions) -> _Cluster:
-    cfg = train_config(spec)
-    return _Cluster(node, cfg, cfg.num_workers, math.ceil(cfg.num_workers / node.gpus_per_node),
-                    PEAK_BF16_TFLOPS.get(node.gpu_name, PEAK_BF16_TFLOPS["H100"]) * 1e12,
+def _cluster(node: GpuNode, a: Assumptions) -> _Cluster:
+    return _Cluster(node, PEAK_BF16_TFLOPS.get(node.gpu_name, PEAK_BF16_TFLOPS["H100"]) * 1e12,
                     int(node.gpu_mem_gib * GIB * (1 - a.reserve_fraction)))
 
 
@@ -325,13 +320,11 @@ def _run_tokens(run: TrainRun, subsets: dict[str, SubsetSummary], per_trace: tup
     return _RunTokens(tokens, int(tokens * a.loss_token_fraction), run.traces, a.pack_efficiency, per_trace[1])
 
 
-def _train_estimate(run: TrainRun, shape: ModelShape, counted: _RunTokens, c: _Cluster,
-                    a: Assumptions, cfg: TrainConfig | None = None) -> TrainEstimate:
-    """Steps, FLOPs, GPU-hours and per-rank memory of one training run (`cfg`: its arm's train config, default
-    the spec's), with its fix when it does not fit."""
-    cfg = cfg or c.cfg
+def _train_estimate(run: TrainRun, shape: ModelShape, counted: _RunTokens, c: _Cluster, a: Assumptions,
+                    cfg: TrainConfig) -> TrainEstimate:
+    """Steps, FLOPs, GPU-hours and per-rank memory of one training run (`cfg`: its arm's train config),
+    with its fix when it does not fit."""
     world = cfg.num_workers
-    c = _Cluster(c.node, cfg, world, math.ceil(world / c.node.gpus_per_node), c.peak_flops, c.usable)
     rows = math.ceil(counted.tokens / (packed_length(cfg) * counted.pack_efficiency))
     steps = max(rows // cfg.global_batch_size, 1) * cfg.epochs
     mean_doc = max(counted.tokens / max(counted.docs, 1), 1.0)
@@ -341,30 +334,34 @@ def _train_estimate(run: TrainRun, shape: ModelShape, counted: _RunTokens, c: _C
     flops = per_epoch * cfg.epochs
     gpu_hours = flops / (c.peak_flops * a.mfu) / 3600
     trained = min(1.0, counted.loss_tokens / max(counted.tokens, 1)) if counted.source == "manifest" else 1.0
-    mem = rank_memory(shape, cfg, c.world, gpus_per_node=c.node.gpus_per_node, trained_fraction=trained)
+    mem = rank_memory(shape, cfg, world, gpus_per_node=c.node.gpus_per_node, trained_fraction=trained)
     fits = mem.total <= c.usable
     return TrainEstimate(
         student=run.student.name, run=f"{run.student.name}-{run.tag}", subset=run.subset, traces=run.traces,
         tokens_per_epoch=counted.tokens, tokens_source=counted.source, epochs=cfg.epochs, steps=steps,
-        gpus=c.world, nodes=c.nodes, flops=flops, gpu_hours=gpu_hours, wall_hours=gpu_hours / c.world,
+        gpus=world, nodes=math.ceil(world / c.node.gpus_per_node), flops=flops, gpu_hours=gpu_hours,
+        wall_hours=gpu_hours / world,
         memory=_gib(mem), memory_gib=round(mem.total / GIB, 2), usable_gib=round(c.usable / GIB, 2),
         headroom_gib=round((c.usable - mem.total) / GIB, 2), fits=fits,
-        fix=None if fits else fix_for(shape, cfg, c.world, c.node, c.usable))
+        fix=None if fits else fix_for(shape, cfg, world, c.node, c.usable))
 
 
 def _eval_estimates(spec: Any, graph: StudyGraph, storage: Storage | None, a: Assumptions,
                     notes: list[str]) -> list[EvalEstimate]:
-    """Tokens to generate and GPU-hours per evaluation, with each student's own generate settings (`n`)."""
+    """Tokens to generate and GPU-hours per evaluation, with each student's and arm's own generate settings
+    (`n`)."""
     previous = previous_response_tokens(storage, graph)
-    students = {r.run_id: r.student for r in graph.runs}
-    out, counted = [], {}
+    runs = {r.run_id: r for r in graph.runs}
+    out, counted, configs = [], {}, {}
     for run_id in eval_runs(graph):
-        generate = spec.section_config("generate", students[run_id])
-        if students[run_id] not in counted:
-            counted[students[run_id]] = count_problems(generate, a.problems)
-            notes.append(f"problems per evaluation of {students[run_id]}: {counted[students[run_id]][0]} "
-                         f"({counted[students[run_id]][1]})")
-        problems = counted[students[run_id]][0]
+        student, arm = runs[run_id].student, runs[run_id].arm
+        if (student, arm) not in configs:
+            configs[(student, arm)] = spec.arm_generate_config(arm, student)
+        generate = configs[(student, arm)]
+        if student not in counted:
+            counted[student] = count_problems(generate, a.problems)
+            notes.append(f"problems per evaluation of {student}: {counted[student][0]} ({counted[student][1]})")
+        problems = counted[student][0]
         expected, length_source = ((previous, "previous-run") if previous else
                                    (float(generate.max_tokens), "budget"))
         tokens = problems * generate.n * expected
@@ -390,8 +387,9 @@ def estimate_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = N
     a = assumptions or Assumptions()
     plan = StudyEstimate(experiment=spec.experiment, node=asdict(node), assumptions=asdict(a))
     storage = _readable_storage(storage_root, plan.notes)
-    c = _cluster(spec, node, a)
+    c = _cluster(node, a)
     graph = plan_study(spec)
+    train_cfgs: dict[str | None, TrainConfig] = {}
     shapes: dict[str, ModelShape] = {}
     per_trace: dict[str, tuple[float, str]] = {}
     subsets: dict[str, dict[str, SubsetSummary]] = {}
@@ -405,8 +403,9 @@ def estimate_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = N
             sampled = corpus_tokens_per_trace(spec, run.student)
             per_trace[name] = (sampled, "corpus-sample") if sampled else (a.tokens_per_trace, "assumed")
         counted = _run_tokens(run, subsets[name], per_trace.get(name, (a.tokens_per_trace, "assumed")), a)
-        arm_cfg = spec.arm_train_config(run.arm) if run.arm is not None else None
-        plan.train.append(_train_estimate(run, shapes[name], counted, c, a, arm_cfg))
+        if run.arm not in train_cfgs:
+            train_cfgs[run.arm] = spec.arm_train_config(run.arm)
+        plan.train.append(_train_estimate(run, shapes[name], counted, c, a, train_cfgs[run.arm]))
     plan.evaluate = _eval_estimates(spec, graph, storage, a, plan.notes)
     plan.totals = _totals(plan)
     return plan

@@ -126,20 +126,36 @@ def think_texts(responses: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedA
     return pc.struct_field(pc.extract_regex(responses, r"(?s)<think>(?P<think>.*?)</think>"), "think")
 
 
-def token_counts(tokenizer: object, responses: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
-    """(response tokens, think-block tokens) per response, without special tokens: what the student's
-    tokenizer makes of the text itself."""
-    def count(texts: list[str | None]) -> pa.Array:
-        given = [t for t in texts if t]
-        ids = tokenizer(given, add_special_tokens=False)["input_ids"] if given else []  # type: ignore[operator]
-        lengths = iter(len(i) for i in ids)
-        return pa.array([next(lengths) if t else 0 for t in texts], pa.int64())
+def count_tokens(tokenizer: object, texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Tokens of each text without special tokens (what the student's tokenizer makes of the text itself);
+    0 for a null or empty text."""
+    values = texts.to_pylist()
+    given = [t for t in values if t]
+    ids = tokenizer(given, add_special_tokens=False)["input_ids"] if given else []  # type: ignore[operator]
+    lengths = iter(len(i) for i in ids)
+    return pa.array([next(lengths) if t else 0 for t in values], pa.int64())
 
-    return count(responses.to_pylist()), count(think_texts(responses).to_pylist())
+
+def length_columns(responses: pa.Array | pa.ChunkedArray, wanted: set[str],
+                   tokenizer: object | None = None) -> dict[str, pa.Array]:
+    """The derived length columns named in `wanted`, each computed only when asked for (tokenizing is the
+    costly one): characters of the response and of its closed think block, and their tokens."""
+    think = think_texts(responses) if wanted & {"think_chars", "think_tokens"} else None
+    makers = {"response_chars": lambda: pc.utf8_length(responses),
+              "think_chars": lambda: pc.fill_null(pc.utf8_length(think), 0),
+              "response_tokens": lambda: count_tokens(tokenizer, responses),
+              "think_tokens": lambda: count_tokens(tokenizer, think)}
+    return {name: makers[name]() for name in sorted(wanted & set(makers))}
+
+
+def token_counts(tokenizer: object, responses: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """(response tokens, think-block tokens) per response."""
+    found = length_columns(responses, TOKEN_COLUMNS, tokenizer)
+    return found["response_tokens"], found["think_tokens"]
 
 
 def response_lengths(responses: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
     """(response characters, think-block characters) per response; a response without a closed
     `<think>…</think>` block has a think length of 0."""
-    think_chars = pc.fill_null(pc.utf8_length(think_texts(responses)), 0)
-    return pc.utf8_length(responses), think_chars
+    found = length_columns(responses, LENGTH_COLUMNS)
+    return found["response_chars"], found["think_chars"]

@@ -134,7 +134,7 @@ class SubsetSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> SubsetSpec:
         owner = f"subset {self.name!r}"
-        for where in [self.where or {}, *[p.where for p in (self.mix or {}).values()]]:
+        for where in self.where_clauses():
             check_conditions(where, owner)
         if self.mix is not None:
             total = sum(p.share for p in self.mix.values())
@@ -153,6 +153,10 @@ class SubsetSpec(BaseModel):
 
     def where_clauses(self) -> list[dict[str, Condition]]:
         return [self.where or {}, *[p.where for p in (self.mix or {}).values()]]
+
+    def reads_labels(self) -> bool:
+        """Whether the subset selects on `correct` (which the label stage adds to traces that lack it)."""
+        return self.kind in ("correct", "incorrect") or any("correct" in w for w in self.where_clauses())
 
 
 class DataConfig(StageConfig):

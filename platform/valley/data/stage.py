@@ -28,8 +28,7 @@ from valley.data.conditions import (
     LENGTH_COLUMNS,
     TOKEN_COLUMNS,
     derived_needed,
-    response_lengths,
-    token_counts,
+    length_columns,
 )
 from valley.data.config import ColumnMapping, DataConfig, SubsetSpec
 from valley.data.ingest import run_ingest
@@ -92,13 +91,10 @@ def _load_meta(storage: Storage, out: str, derived: set[str] = frozenset(), toke
     for part in storage.list(out, "traces", suffix=".parquet"):
         t = storage.read_parquet(out, "traces", part, columns=META_COLUMNS + (["response"] if needs_text else []))
         if needs_text:
-            responses = t.column("response")
-            extra = dict(zip(("response_chars", "think_chars"), response_lengths(responses)))
-            if tok is not None:
-                extra.update(zip(("response_tokens", "think_tokens"), token_counts(tok, responses)))
+            lengths = length_columns(t.column("response"), derived, tok)
             t = t.drop_columns(["response"])
-            for name in sorted(derived & set(extra)):
-                t = t.append_column(name, extra[name])
+            for name, values in lengths.items():
+                t = t.append_column(name, values)
         tables.append(t.append_column("part", pa.array([part] * t.num_rows, pa.string())))
     if tables:
         return pa.concat_tables(tables)

@@ -1,5 +1,6 @@
-"""The paper's study as one spec: validated (`spec`), planned as a graph of stage runs (`plan`), run across
-the cluster (`executor`, `stages`, `runner`), and followed from anywhere that sees the storage (`status`)."""
+"""A study as one spec: validated (`spec`; its design of arms and comparisons in `arms`), planned as a graph
+of stage runs (`graph`), run across the cluster (`executor`, `nodes`, `runner`), and followed from anywhere
+that sees the storage (`status`)."""
 
 from valley.experiment.graph import EvalRun, Node, StudyGraph, epoch_runs, plan_study
 from valley.experiment.runner import ExperimentResult, StudyFailed, run_experiment, run_experiment_file

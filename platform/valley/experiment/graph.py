@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from valley import legacy, registry
+from valley.data.config import SubsetSpec
 from valley.experiment.arms import ArmSpec, parse_start, start_order, start_student
-from valley.experiment.spec import ExperimentSpec, StudentSpec, train_fields
+from valley.experiment.spec import ExperimentSpec, StudentSpec
 
 KINDS = registry.study_kinds()
 
@@ -93,8 +94,7 @@ PARAMS_OF_KIND: dict[str, type] = {"data": DataParams, "label": LabelParams, "tr
 def params_from_dict(kind: str, data: Mapping[str, Any]) -> NodeParams:
     fields = dict(data)
     if kind == "data":
-        fields["subsets"] = tuple(legacy.subset_request_fields(s) for s in fields["subsets"])
-        fields["subsets"] = tuple(SubsetRequest(**s) for s in fields["subsets"])
+        fields["subsets"] = tuple(SubsetRequest(**legacy.subset_request_fields(s)) for s in fields["subsets"])
     return PARAMS_OF_KIND[kind](**fields)
 
 
@@ -198,20 +198,9 @@ def epoch_runs(final: EvalRun, epochs: int, start_run_id: str | None) -> list[Ev
     return points
 
 
-def train_config(spec: ExperimentSpec) -> Any:
-    """The spec's train section as a TrainConfig (placeholders for what each run sets)."""
-    return registry.stage("train").config_class()(data="-", model="-", **train_fields(spec))
-
-
 def run_resources(kind: str, cfg: Any) -> dict[str, float]:
     """What one run of a stage holds on the cluster (the registry's rule), for the executor's limits."""
     return registry.stage(kind).resources(cfg)
-
-
-def _needs_labels(definition: Mapping[str, Any]) -> bool:
-    """Whether a subset reads the `correct` label (which the label stage adds when the spec has one)."""
-    clauses = [definition.get("where") or {}] + [p.get("where") or {} for p in (definition.get("mix") or {}).values()]
-    return definition.get("kind") in ("correct", "incorrect") or any("correct" in c for c in clauses)
 
 
 def preset_kind(arms: Mapping[str, ArmSpec], arm_name: str) -> str | None:
@@ -233,7 +222,7 @@ class _StudentPlanner:
     every arm's training runs (each after the arms it starts from), then generate+grade per point."""
 
     def __init__(self, spec: ExperimentSpec, student: StudentSpec,
-                 elsewhere: dict[tuple[str, str, int], tuple[str, str, str]] | None = None):
+                 planned: dict[tuple[str, str, int], tuple[str, str]] | None = None):
         self.spec, self.s = spec, student.name
         self.arms, _, self.evaluate_base = spec.design()
         self.prefix = f"{spec.experiment}-{student.name}"
@@ -241,9 +230,9 @@ class _StudentPlanner:
         self.nodes: list[Node] = []
         self.runs: list[EvalRun] = []
         self.provider: dict[str, str] = {}  # subset -> the data node that packs it
-        self.trained: dict[tuple[str, int], tuple[str, str, str]] = {}  # (arm, size) -> (node, tag, run id)
-        # other students' runs already planned, (student, arm, size) -> (node, tag, run id)
-        self.elsewhere = elsewhere if elsewhere is not None else {}
+        # the study's training runs planned so far, this student's and those before: the ones a start names
+        # (student, arm, size) -> (train node, its evaluation's run id)
+        self.planned = planned if planned is not None else {}
 
     def plan(self) -> tuple[list[Node], list[EvalRun]]:
         self.data_nodes()
@@ -262,8 +251,10 @@ class _StudentPlanner:
         unlabelled, labelled = [], []
         for arm_name, arm in self.arms.items():
             for size in arm.sizes:
-                request = SubsetRequest.of(arm.subset_name(arm_name, size), size, arm.subset)
-                (labelled if _needs_labels(arm.subset) else unlabelled).append(request)
+                name = arm.subset_name(arm_name, size)
+                request = SubsetRequest.of(name, size, arm.subset)
+                reads_labels = SubsetSpec(name=name, size=size, **arm.subset).reads_labels()
+                (labelled if reads_labels else unlabelled).append(request)
         plain = unlabelled if self.spec.label is not None else unlabelled + labelled
         labelled = labelled if self.spec.label is not None else []
         data_id = f"data:{self.s}"
@@ -281,19 +272,18 @@ class _StudentPlanner:
         found = parse_start(start)
         if found is None:
             return None, base_run, "base", "base"
-        student = start_student(start)
+        student = start_student(start) or self.s
         name = self.arms[found[0]].subset_name(found[0], found[1])
-        if student is None or student == self.s:
-            node, tag, run_id = self.trained[found]
+        node, run_id = self.planned[(student, *found)]
+        if student == self.s:
             return node, run_id, name, str(found[1])
-        node, tag, run_id = self.elsewhere[(student, *found)]
         return node, None, f"{student}-{name}", f"{student} {found[1]}"  # another student's run: no epoch-0 alias
 
     def arm_runs(self, arm_name: str, base_run: str | None) -> None:
         """One training run per size and start; `<arm>@<size>` names the first start's run of that size."""
         arm = self.arms[arm_name]
-        train_res = run_resources("train", self.spec.arm_train_config(arm_name))
-        epochs = self.spec.arm_train_config(arm_name).epochs
+        train_cfg = self.spec.arm_train_config(arm_name)
+        train_res, epochs = run_resources("train", train_cfg), train_cfg.epochs
         for size in sorted(arm.sizes):
             name = arm.subset_name(arm_name, size)
             for start in arm.starts():
@@ -308,8 +298,7 @@ class _StudentPlanner:
                 self.runs.append(run)
                 if arm.per_epoch_eval:
                     self.runs.extend(epoch_runs(run, epochs, start_run))
-                self.trained.setdefault((arm_name, size), (node_id, tag, run.run_id))
-                self.elsewhere.setdefault((self.s, arm_name, size), (node_id, tag, run.run_id))
+                self.planned.setdefault((self.s, arm_name, size), (node_id, run.run_id))
 
     def evaluation_nodes(self) -> None:
         """A generate and a grade node per evaluation point that is not an alias of another."""
@@ -336,7 +325,7 @@ def plan_study(spec: ExperimentSpec) -> StudyGraph:
     """Every stage run of the study and what it waits for. Pure: the same spec gives the same graph."""
     nodes: list[Node] = []
     runs: list[EvalRun] = []
-    planned: dict[tuple[str, str, int], tuple[str, str, str]] = {}
+    planned: dict[tuple[str, str, int], tuple[str, str]] = {}
     for student in students_in_start_order(spec):
         student_nodes, student_runs = _StudentPlanner(spec, student, planned).plan()
         nodes += student_nodes

@@ -26,7 +26,6 @@ from valley.experiment.graph import (
     StudyGraph,
     TrainParams,
     preset_kind,
-    train_fields,
 )
 from valley.experiment.spec import ExperimentSpec
 from valley.storage import Storage, stage_dir
@@ -83,9 +82,8 @@ def train_config_of(spec: ExperimentSpec, node: Node, storage: Storage, inputs: 
     p: TrainParams = node.params  # type: ignore[assignment]
     # a trained model as the full location the sequential runner passed, so the config hash is the same
     start = storage.uri(inputs[p.start]["model"]) if p.start else _student(spec, node.student).model
-    overrides = spec.design()[0][p.arm].train if p.arm is not None else {}
     return TrainConfig(name=node.name, data=inputs[p.data]["stage_dir"], subset=p.subset, model=start,
-                       export_every_epoch=p.per_epoch, **{**train_fields(spec), **overrides})
+                       export_every_epoch=p.per_epoch, **spec.arm_train_fields(p.arm))
 
 
 def run_train_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
@@ -106,8 +104,7 @@ def generate_config(spec: ExperimentSpec, node: Node, storage: Storage, inputs: 
     else:
         trained = inputs[p.train]
         model = storage.uri(trained["epochs"][str(p.epoch)] if p.epoch else trained["model"])
-    fields = spec.arm_generate_fields(p.arm, node.student) if p.arm is not None else spec.generate_fields(node.student)
-    return GenerateConfig(name=node.name, model=model, run_id=p.run_id, **fields)
+    return GenerateConfig(name=node.name, model=model, run_id=p.run_id, **spec.arm_generate_fields(p.arm, node.student))
 
 
 def run_generate_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,

@@ -123,7 +123,7 @@ class ExperimentSpec(BaseModel):
     @classmethod
     def _no_fields_the_study_sets(cls, data: Any) -> Any:
         """A section that sets a field the study sets per run would be overwritten silently: refuse it."""
-        for stage in ("data", "label", "train", "generate", "grade", "report"):
+        for stage in registry.study_kinds():
             section = data.get(stage) if isinstance(data, dict) else None
             clash = registry.stage(stage).study_sets & set(section) if isinstance(section, dict) else set()
             if clash:
@@ -177,8 +177,7 @@ class ExperimentSpec(BaseModel):
             try:
                 self.arm_train_config(arm_name)
                 for student in self.students:
-                    registry.stage("generate").config_class()(model="-", **self.arm_generate_fields(arm_name,
-                                                                                                      student.name))
+                    self.arm_generate_config(arm_name, student.name)
             except (ValidationError, ConfigError) as exc:
                 raise ValueError(f"{owner}: {exc}") from exc
 
@@ -190,13 +189,22 @@ class ExperimentSpec(BaseModel):
         arms, comparisons = arms_of_study(self.study)
         return arms, comparisons, self.study.evaluate_base
 
-    def arm_train_config(self, arm: str) -> Any:
-        """The train section with the arm's own overrides, as a TrainConfig with placeholders."""
-        overrides = self.design()[0][arm].train
-        return registry.stage("train").config_class()(data="-", model="-", **{**train_fields(self), **overrides})
+    def arm_train_fields(self, arm: str | None) -> dict[str, Any]:
+        """The train section with the arm's own overrides on top (None: no arm, the section alone)."""
+        return {**train_fields(self), **(self.design()[0][arm].train if arm is not None else {})}
 
-    def arm_generate_fields(self, arm: str, student: str | None) -> dict[str, Any]:
-        return {**self.generate_fields(student), **self.design()[0][arm].generate}
+    def arm_train_config(self, arm: str | None) -> Any:
+        """`arm_train_fields` as a TrainConfig with placeholders for what each run sets."""
+        return registry.stage("train").config_class()(data="-", model="-", **self.arm_train_fields(arm))
+
+    def arm_generate_fields(self, arm: str | None, student: str | None) -> dict[str, Any]:
+        """The generate section with the student's, then the arm's overrides on top (None: the base model's
+        evaluation, no arm)."""
+        return {**self.generate_fields(student), **(self.design()[0][arm].generate if arm is not None else {})}
+
+    def arm_generate_config(self, arm: str | None, student: str | None) -> Any:
+        """`arm_generate_fields` as a GenerateConfig with a placeholder model."""
+        return registry.stage("generate").config_class()(model="-", **self.arm_generate_fields(arm, student))
 
     def section(self, stage: str) -> dict[str, Any] | None:
         """A section's fields as the spec sets them (unset fields left to the config's defaults, so the

@@ -17,8 +17,9 @@ CORE_COLUMNS = [("pass@1", "pass@1"), ("Completion", "completion_rate"), ("Think
 
 def _runs(results: pl.DataFrame, run_ids: list[str]) -> list[dict]:
     """The final evaluations (no per-epoch points) among `run_ids`, with their size, start and student."""
+    wanted = set(run_ids)
     frame = results.select("run_id", "data_size", "checkpoint", "model", "epoch").unique(subset="run_id")
-    rows = [r for r in frame.iter_rows(named=True) if r["run_id"] in set(run_ids) and r["epoch"] is None]
+    rows = [r for r in frame.iter_rows(named=True) if r["run_id"] in wanted and r["epoch"] is None]
     return sorted(rows, key=lambda r: (r["model"] or "", r["checkpoint"] != "base", r["checkpoint"], r["data_size"]))
 
 
