@@ -137,11 +137,12 @@ def test_demo_plan_reads_the_corpus_then_the_manifests(tmp_path, monkeypatch):
     write_demo("demo-data", n_traces=200, n_problems=6)
     shutil.copytree("demo-data/model", "demo-data/student")  # the instruct stage's export, untrained here
     plan = estimate_spec_file(DEMO, node=H100, assumptions=Assumptions(), storage_root=str(tmp_path / "runs"))
-    assert len(plan.train) == 4 + 4 * 2 and all(t.tokens_source == "corpus-sample" for t in plan.train)
+    assert len(plan.train) == 4 + 2 + 4 * 2  # r100 has three seeds
+    assert all(t.tokens_source == "corpus-sample" for t in plan.train)
     r100 = next(t for t in plan.train if t.subset == "r100")
     assert 50 * 100 < r100.tokens_per_epoch < 2000 * 100
     assert plan.evaluate[0].problems == 6 and plan.all_fit
-    assert sum(e.run.endswith("-e1") for e in plan.evaluate) == 4  # per_epoch_eval: [random], 2 epochs
+    assert sum(e.run.endswith("-e1") for e in plan.evaluate) == 6  # per_epoch_eval: [random], 2 epochs, 3 seeds at 100
 
     data_dir = tmp_path / "runs" / "data" / "valley-demo-full-tiny-qwen2-0123456789ab"
     data_dir.mkdir(parents=True)

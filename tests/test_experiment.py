@@ -74,7 +74,9 @@ def test_paper_spec_is_the_papers_study():
     train = TrainConfig(data="-", model="-", **train_fields(spec))  # max_seq_len: the data section's
     assert (train.global_batch_size, train.learning_rate, train.warmup_ratio, train.epochs, train.max_seq_len) == (
         128, 8e-5, 0.1, 5, 32768)
-    assert train.grad_accum_steps() == 16 and train.zero_stage == 3 and train.use_gpu
+    # the batch counts examples (every example trained every epoch); accumulation is sized per step
+    assert (train.batch_unit, train.last_step) == ("examples", "partial")
+    assert train.zero_stage == 3 and train.use_gpu
     assert spec.grade.task_resources == {"grader": 1} and spec.generate.max_tokens == 32768
 
 

@@ -260,3 +260,16 @@ def test_report_on_real_livecodebench_verdicts(shared_data, tmp_path):
     md = storage.read_text(result.report_md)
     assert f"| Qwen2.5-7B-Instruct (instruct) | {100 * expected['qwen-base']:.1f} [" in md
     assert "| Run | atcoder | codeforces | leetcode |" in md  # platform breakdown from the real rows
+
+
+def test_paired_comparisons_are_written_and_told_in_words(report):
+    storage, cfg, result = report
+    md = storage.read_text(result.report_md)
+    tested = pl.read_parquet(storage.path(result.comparisons))
+    per_problem = pl.read_parquet(storage.path(result.per_problem))
+    assert "## Is the difference real?" in md and "The valley's dip" in md
+    assert per_problem.select("run_id").n_unique() == len(cfg.runs)
+    pass1 = tested.filter(pl.col("metric") == "pass@1")
+    assert {"RQ2: trace correctness", "RQ3: question difficulty", "valley: random vs base"} <= set(
+        pass1["comparison"].to_list())
+    assert (tested["p_holm"] >= tested["p_value"]).all() and tested["words"].str.contains("points").all()

@@ -36,12 +36,18 @@ def _graph(name: str) -> StudyGraph:
     return plan_study(load_spec(REPO / "jobs" / "configs" / f"{name}.yaml"))
 
 
+def nodes_of_seeds(g) -> list[str]:
+    return [n.id for n in g.nodes if n.kind == "train" and n.params.size == 100]
+
+
 def test_demo_graph_nodes_and_edges():
     g = _graph("demo-full")
-    # 4 RQ1 runs, 2 RQ2 + 2 RQ3 subsets each from base and from r1200; evaluations: base, 12 trained models and
-    # epoch 1 of each RQ1 run (epochs 0 and 2 are the base and final evaluations, reused)
+    # 4 RQ1 runs (r100 with 3 seeds), 2 RQ2 + 2 RQ3 subsets each from base and from r1200; evaluations: base,
+    # 14 trained models and epoch 1 of each RQ1 run and seed (epochs 0 and 2 are the base and final
+    # evaluations, reused)
     assert {k: g.count(k) for k in ("data", "label", "train", "generate", "grade", "report")} == {
-        "data": 2, "label": 1, "train": 12, "generate": 17, "grade": 17, "report": 1}
+        "data": 2, "label": 1, "train": 14, "generate": 21, "grade": 21, "report": 1}
+    assert nodes_of_seeds(g) == ["train:tiny-qwen2-r100", "train:tiny-qwen2-r100-s1", "train:tiny-qwen2-r100-s2"]
     nodes = g.by_id()
     s = "tiny-qwen2"
     assert nodes[f"train:{s}-correct-from-r1200"].deps == (f"data:{s}-labelled", f"train:{s}-r1200")
@@ -52,7 +58,7 @@ def test_demo_graph_nodes_and_edges():
     assert nodes[f"generate:{s}-r100-e1"].params.epoch == 1
     assert nodes[f"generate:{s}-base"].deps == ()
     assert nodes[f"grade:{s}-r400"].deps == (f"generate:{s}-r400",)
-    assert set(nodes["report"].deps) == {n.id for n in g.nodes if n.kind == "grade"}
+    assert set(nodes["report"].deps) == {n.id for n in g.nodes if n.kind in ("grade", "data")}
     # stage-2 runs hang off the 30K-like run only; the RQ1 runs do not wait for each other
     assert g.descendants(f"train:{s}-r400") == [f"generate:{s}-r400", f"grade:{s}-r400", f"generate:{s}-r400-e1",
                                                 f"grade:{s}-r400-e1", "report"]
@@ -61,8 +67,8 @@ def test_demo_graph_nodes_and_edges():
     assert nodes[f"train:{s}-r100"].name == "valley-demo-full-tiny-qwen2-r100"
     assert nodes[f"grade:{s}-r100-e1"].name == "valley-demo-full-tiny-qwen2-r100-e1"
     aliases = {r.run_id: r.alias_of for r in g.runs if r.alias_of}
-    assert aliases == {f"{s}-r{n}-e{e}": (f"{s}-base" if e == 0 else f"{s}-r{n}")
-                       for n in (100, 400, 1200, 2800) for e in (0, 2)}
+    runs = ["r100", "r100-s1", "r100-s2", "r400", "r1200", "r2800"]
+    assert aliases == {f"{s}-{r}-e{e}": (f"{s}-base" if e == 0 else f"{s}-{r}") for r in runs for e in (0, 2)}
 
 
 def test_paper_graph_nodes_and_edges():

@@ -24,11 +24,13 @@ SHIMS: dict[str, tuple[str, str]] = {
     "fault_alias": ("configs using the fault-injection fields' old names (train `debug_*`, generate "
                     "`pool.crash_once_file`)",
                     "2027-06-01 (configs only; no stored hash depends on it)"),
-    "TRAIN_HASHED_ONLY_WHEN_SET": ("train configs hashed before `max_seq_len` existed",
-                                   "the next storage format"),
+    "TRAIN_HASHED_ONLY_WHEN_SET": ("train configs hashed before `max_seq_len`, `batch_unit` and `last_step` "
+                                   "existed", "the next storage format"),
     "GENERATE_HASHED_ONLY_WHEN_SET": ("generate configs hashed before `rope_scaling`/`hf_overrides` existed",
                                       "the next storage format"),
     "REPORT_HASHED_ONLY_WHEN_SET": ("report configs hashed before `comparisons` existed", "the next storage format"),
+    "RUN_SPEC_FIELDS_WHEN_SET": ("report runs (RunSpec) hashed before `replicate`, `train_run`, `data` and `data_subset` existed",
+                                 "the next storage format"),
     "pad_id_before_manifests": ("data manifests written before they recorded `pad_id` (before 2026-11)",
                                 "the next storage format"),
     "subset_request_fields": ("study graphs written before subsets were definitions (before 2026-12): "
@@ -42,9 +44,10 @@ SHIMS: dict[str, tuple[str, str]] = {
 # Result fields renamed since markers were first written: old name -> new name.
 _OLD_RESULT_FIELDS: dict[str, str] = {"output_dir": "stage_dir", "samples_uri": "samples", "problems_uri": "problems"}
 
-TRAIN_HASHED_ONLY_WHEN_SET: frozenset[str] = frozenset({"max_seq_len"})
+TRAIN_HASHED_ONLY_WHEN_SET: frozenset[str] = frozenset({"max_seq_len", "batch_unit", "last_step"})
 GENERATE_HASHED_ONLY_WHEN_SET: frozenset[str] = frozenset({"rope_scaling", "hf_overrides"})
 REPORT_HASHED_ONLY_WHEN_SET: frozenset[str] = frozenset({"comparisons"})
+RUN_SPEC_FIELDS_WHEN_SET: frozenset[str] = frozenset({"replicate", "train_run", "data", "data_subset"})
 
 
 def renamed_result_fields(summary: Mapping[str, Any]) -> dict[str, Any]:

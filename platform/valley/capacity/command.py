@@ -27,6 +27,11 @@ def add_plan_flags(p: argparse.ArgumentParser) -> None:
                    help="assumed tokens per trace when no manifest or corpus sample is readable")
     p.add_argument("--problems", type=int, default=None, help="LCB problems per evaluation (default: counted)")
     p.add_argument("--plan-json", default=None, metavar="PATH", help="also write the plan as JSON here")
+    p.add_argument("--base-pass", type=float, default=None, metavar="RATE",
+                   help="the base model's pass@1 for the power table, e.g. 0.25 (default: the assumption in "
+                        "valley/metrics/power.py)")
+    p.add_argument("--detect", type=float, default=None, metavar="POINTS",
+                   help="also print what design detects a pass@1 difference of this many points at 80%% power")
 
 
 def plan_from_args(args: argparse.Namespace) -> StudyEstimate:
@@ -48,3 +53,23 @@ def print_plan(plan: StudyEstimate, args: argparse.Namespace, as_json: bool = Fa
         Path(args.plan_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.plan_json).write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2) if as_json else render_plan(plan), flush=True)
+    if not as_json:
+        print(power_text(plan, args), flush=True)
+
+
+def power_text(plan: StudyEstimate, args: argparse.Namespace) -> str:
+    """The power table of the study's comparisons, for the problems the plan counted."""
+    from dataclasses import replace
+
+    from valley.capacity import power_table
+    from valley.experiment import load_spec, plan_study
+    from valley.metrics import power
+
+    spec = load_spec(args.spec, args.overrides)
+    problems = plan.evaluate[0].problems if plan.evaluate else (args.problems or 0)
+    assumptions = power.Assumptions()
+    if getattr(args, "base_pass", None) is not None:
+        assumptions = replace(assumptions, base_pass=args.base_pass)
+    detect = args.detect / 100 if getattr(args, "detect", None) is not None else None
+    rows = power_table.power_rows(spec, plan_study(spec), problems, assumptions, detect)
+    return power_table.render(rows, assumptions, detect)

@@ -4,7 +4,8 @@ For every training run the spec implies (the same runs as experiment.plan_and_tr
 instruct model, RQ2/RQ3 subsets from it and from the stage-2 checkpoint), the plan gives the per-rank
 memory (capacity/memory.py) against the GPU's, the knob that makes a run fit when it does not, tokens per
 epoch (from the data manifests when the data stage has run, else sampled from the corpus, else an assumed
-length), training FLOPs (train/flops.py) and GPU-hours at an assumed MFU; for every evaluation, the tokens
+length), its optimizer steps in its batch unit (train/step_arithmetic.py, the trainer's own arithmetic),
+training FLOPs (train/flops.py) and GPU-hours at an assumed MFU; for every evaluation, the tokens
 to generate and GPU-hours at an assumed decode rate; and the study's totals. Every assumption is a flag
 and is printed with the numbers it produced.
 """
@@ -26,6 +27,7 @@ from valley.manifest import MANIFEST, Manifest, SubsetSummary
 from valley.storage import SUCCESS, Storage
 from valley.train.config import TrainConfig
 from valley.train.flops import PEAK_BF16_TFLOPS, train_flops
+from valley.train.step_arithmetic import StepCounts, packed_rows, step_counts
 
 # Published configs of the students and their siblings, for when the model directory is not readable
 # here (planning on a laptop for a cluster whose /models it cannot see).
@@ -68,6 +70,12 @@ class TrainEstimate:
     tokens_source: str  # manifest | corpus-sample | assumed
     epochs: int
     steps: int
+    batch_unit: str  # what global_batch_size counts: rows | examples
+    steps_per_epoch: int
+    examples_per_step: float  # mean over an epoch's steps
+    tokens_per_step: float  # mean over an epoch's steps
+    last_step_size: int  # rows or examples in each epoch's smaller last step (last_step: partial); 0: none
+    left_over_per_epoch: int  # rows or examples an epoch does not train (last_step: drop)
     gpus: int
     nodes: int
     flops: float
@@ -320,18 +328,27 @@ def _run_tokens(run: TrainRun, subsets: dict[str, SubsetSummary], per_trace: tup
     return _RunTokens(tokens, int(tokens * a.loss_token_fraction), run.traces, a.pack_efficiency, per_trace[1])
 
 
+def run_steps(cfg: TrainConfig, counted: _RunTokens) -> StepCounts:
+    """A run's steps per epoch by the trainer's arithmetic: rows from its tokens at the packing rate,
+    examples from its documents."""
+    rows = packed_rows(counted.tokens, packed_length(cfg), counted.pack_efficiency)
+    return step_counts(cfg.resolved_batch_unit(), cfg.resolved_last_step(), rows=rows, examples=counted.docs,
+                       global_batch=cfg.global_batch_size, micro=cfg.micro_batch_size, world=cfg.num_workers)
+
+
 def _train_estimate(run: TrainRun, shape: ModelShape, counted: _RunTokens, c: _Cluster, a: Assumptions,
                     cfg: TrainConfig) -> TrainEstimate:
     """Steps, FLOPs, GPU-hours and per-rank memory of one training run (`cfg`: its arm's train config),
     with its fix when it does not fit."""
     world = cfg.num_workers
-    rows = math.ceil(counted.tokens / (packed_length(cfg) * counted.pack_efficiency))
-    steps = max(rows // cfg.global_batch_size, 1) * cfg.epochs
+    counts = run_steps(cfg, counted)
+    steps = counts.steps_per_epoch * cfg.epochs
     mean_doc = max(counted.tokens / max(counted.docs, 1), 1.0)
     # documents of the mean length: attention's n² term is slightly under-counted for a spread of lengths
     per_epoch = train_flops(shape.as_config(), [int(mean_doc)],
                             head_tokens=int(counted.loss_tokens / max(counted.docs, 1))) * counted.docs
-    flops = per_epoch * cfg.epochs
+    trained_share = counts.trained / counts.units if counts.units else 1.0  # what no step trains costs nothing
+    flops = per_epoch * cfg.epochs * trained_share
     gpu_hours = flops / (c.peak_flops * a.mfu) / 3600
     trained = min(1.0, counted.loss_tokens / max(counted.tokens, 1)) if counted.source == "manifest" else 1.0
     mem = rank_memory(shape, cfg, world, gpus_per_node=c.node.gpus_per_node, trained_fraction=trained)
@@ -339,6 +356,11 @@ def _train_estimate(run: TrainRun, shape: ModelShape, counted: _RunTokens, c: _C
     return TrainEstimate(
         student=run.student.name, run=f"{run.student.name}-{run.tag}", subset=run.subset, traces=run.traces,
         tokens_per_epoch=counted.tokens, tokens_source=counted.source, epochs=cfg.epochs, steps=steps,
+        batch_unit=counts.unit, steps_per_epoch=counts.steps_per_epoch,
+        examples_per_step=round(counts.mean_per_step() if counts.unit == "examples" else
+                                counts.per_step_of(counted.docs), 1),
+        tokens_per_step=round(counts.per_step_of(counted.tokens)), last_step_size=counts.last_step_units,
+        left_over_per_epoch=counts.left_over,
         gpus=world, nodes=math.ceil(world / c.node.gpus_per_node), flops=flops, gpu_hours=gpu_hours,
         wall_hours=gpu_hours / world,
         memory=_gib(mem), memory_gib=round(mem.total / GIB, 2), usable_gib=round(c.usable / GIB, 2),
@@ -406,6 +428,10 @@ def estimate_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = N
         if run.arm not in train_cfgs:
             train_cfgs[run.arm] = spec.arm_train_config(run.arm)
         plan.train.append(_train_estimate(run, shapes[name], counted, c, a, train_cfgs[run.arm]))
+        if plan.train[-1].steps == 0:
+            t = plan.train[-1]
+            plan.notes.append(f"{t.run}: fewer {t.batch_unit} than one global batch of "
+                              f"{train_cfgs[run.arm].global_batch_size}; the trainer refuses it")
     plan.evaluate = _eval_estimates(spec, graph, storage, a, plan.notes)
     plan.totals = _totals(plan)
     return plan

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from valley.capacity.estimate import StudyEstimate
+from valley.capacity.estimate import StudyEstimate, TrainEstimate
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -24,6 +24,14 @@ def _fix_text(fix: dict | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in (fix or {}).get("set", {}).items()) or "?"
 
 
+def _last_step(t: TrainEstimate) -> str:
+    """An epoch's incomplete last group: its size as a smaller step, or what is left out (drop)."""
+    unit = "ex" if t.batch_unit == "examples" else "rows"
+    if t.last_step_size:
+        return f"{t.last_step_size} {unit}"
+    return f"drop {t.left_over_per_epoch} {unit}" if t.left_over_per_epoch else "full"
+
+
 def render_plan(plan: StudyEstimate) -> str:
     node, a = plan.node, plan.assumptions
     parts = [f"valley plan: {plan.experiment} on {node['gpus_per_node']}x {node['gpu_name']} "
@@ -33,14 +41,17 @@ def render_plan(plan: StudyEstimate) -> str:
         m = t.memory
         states = m["deepspeed_estimate"] if m.get("deepspeed_estimate") is not None else m["model_states"]
         status = "ok" if t.fits else "NO FIT -> " + _fix_text(t.fix)
-        rows.append([t.run, _num(t.tokens_per_epoch), t.tokens_source, str(t.steps), f"{states:.1f}",
+        rows.append([t.run, _num(t.tokens_per_epoch), t.tokens_source, str(t.steps), t.batch_unit,
+                     f"{t.examples_per_step:,.1f}", _num(t.tokens_per_step), _last_step(t), f"{states:.1f}",
                      f"{m['activations']:.1f}", f"{m['loss']:.1f}", f"{m['attention_mask']:.2f}",
                      f"{m['zero_buffers']:.1f}", f"{t.memory_gib:.1f}/{t.usable_gib:.0f}", f"{t.headroom_gib:+.1f}",
                      f"{t.flops / 1e18:.1f}", f"{t.gpu_hours:,.1f}", status])
-    parts += ["Training (memory in GiB per rank; states = params + grads + optimizer under ZeRO-3, "
-              "DeepSpeed's estimator for bf16):",
-              _table(["run", "tokens/ep", "source", "steps", "states", "activ", "loss", "mask", "zero buf",
-                      "total/usable", "headroom", "EFLOP", "GPU-h", "fit"], rows)]
+    parts += ["Training (steps over all epochs in the run's batch unit, examples and tokens per step their "
+              "mean, last = each epoch's smaller last step or what it drops; memory in GiB per rank; states = "
+              "params + grads + optimizer under ZeRO-3, DeepSpeed's estimator for bf16):",
+              _table(["run", "tokens/ep", "source", "steps", "unit", "ex/step", "tok/step", "last", "states",
+                      "activ", "loss", "mask", "zero buf", "total/usable", "headroom", "EFLOP", "GPU-h", "fit"],
+                     rows)]
     for t in plan.train:
         if not t.fits and t.fix:
             parts.append(f"  {t.run}: needs {t.memory_gib:.1f} GiB of {t.usable_gib:.1f}; set {_fix_text(t.fix)} "

@@ -9,7 +9,8 @@ which most released templates lack.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from valley.errors import ConfigError
@@ -21,6 +22,7 @@ class Encoded:
     loss_mask: list[int]
     prompt_chars: int  # length of the rendered prompt (everything before the assistant turn)
     text: str  # the whole rendered conversation
+    offsets: list[tuple[int, int]] = field(default_factory=list)  # each token's characters in `text` (the audit's)
 
 
 def load_tokenizer(path: str):
@@ -66,14 +68,18 @@ class ChatEncoder:
         return full, len(prompt)
 
     def encode(self, pairs: list[tuple[str, str]]) -> list[Encoded]:
+        return list(self.iter_encode(pairs))
+
+    def iter_encode(self, pairs: list[tuple[str, str]]) -> Iterator[Encoded]:
+        """Encode a batch, handing documents out one at a time: a caller that keeps only ids and mask
+        frees each one's text and offsets (some 100 bytes a token as Python objects) as it goes."""
         rendered = [self.render(q, r) for q, r in pairs]
         # The Rust encoder directly: the transformers wrapper doubles the cost by converting every
         # offset to Python objects twice. No special tokens added: the template wrote BOS/headers.
         batch = self.tok.backend_tokenizer.encode_batch([text for text, _ in rendered], add_special_tokens=False)
-        out = []
         for (text, prompt_chars), enc in zip(rendered, batch):
             # Offsets are in text order, so the assistant span starts at the first token ending past the prompt.
-            first = bisect.bisect_right(enc.offsets, prompt_chars, key=lambda span: span[1])
+            offsets = enc.offsets
+            first = bisect.bisect_right(offsets, prompt_chars, key=lambda span: span[1])
             n = len(enc.ids)
-            out.append(Encoded(enc.ids, [0] * first + [1] * (n - first), prompt_chars, text))
-        return out
+            yield Encoded(enc.ids, [0] * first + [1] * (n - first), prompt_chars, text, offsets)

@@ -169,6 +169,8 @@ class DataConfig(StageConfig):
     system_prompt: str | None = None  # None: the template's own default
     max_seq_len: int = Field(default=32768, gt=8)
     overlength: Literal["drop", "truncate"] = "drop"
+    # the label audit warns when more of a subset's traces are longer than max_seq_len (output-neutral)
+    max_truncated_share: float = Field(default=0.05, ge=0, le=1)
     packing: Literal["pack", "none"] = "pack"
     max_chars: int = Field(default=1_000_000, gt=0)  # question + response; longer rows are rejected
     think_policy: Literal["record", "require_closed"] = "record"
@@ -182,7 +184,7 @@ class DataConfig(StageConfig):
     group_docs: int = Field(default=4096, gt=0)  # docs per tokenize/pack task (bigger packs tighter)
     tokenize_concurrency: int | None = None  # tokenizer actors; None = CPUs available (output-neutral)
 
-    hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "tokenize_concurrency"})
+    hash_exclude: ClassVar[frozenset[str]] = frozenset({"name", "tokenize_concurrency", "max_truncated_share"})
 
     @model_validator(mode="after")
     def _unique_subset_names(self) -> DataConfig:

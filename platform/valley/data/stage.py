@@ -7,6 +7,8 @@ Output layout under `data/<name>-<hash>/`:
   subsets/<subset>.parquet    ids of each subset in seeded order
   tokenized/<subset>/*.parquet packed training rows (schemas.TOKENIZED)
   dropped/<subset>.parquet    traces removed by the over-length policy (ids, token counts)
+  audit/<subset>.json         the label audit (valley.manifest.SubsetAudit); a subset whose documents do not
+                              all train on their end-of-turn token is refused: the run fails, no _SUCCESS
   tokenizer/                  the student tokenizer used (so training and export need nothing else)
   manifest.json, _SUCCESS
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 from collections import Counter
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from valley import schemas
+from valley.data.audit import subset_audit
 from valley.data.chat import load_tokenizer
 from valley.data.conditions import (
     LENGTH_COLUMNS,
@@ -31,9 +35,9 @@ from valley.data.conditions import (
     length_columns,
 )
 from valley.data.config import ColumnMapping, DataConfig, SubsetSpec
+from valley.data.eot import end_of_turn
 from valley.data.ingest import run_ingest
 from valley.data.joins import check_inputs, run_joins
-from valley.data.pad import pad_entry
 from valley.data.readers import expand_inputs, file_fingerprint, plan_chunks
 from valley.data.subsets import (
     dedup_questions,
@@ -43,12 +47,14 @@ from valley.data.subsets import (
     with_answer_counts,
 )
 from valley.data.tokenize import plan_groups, run_tokenize
-from valley.errors import ConfigError
-from valley.manifest import Manifest
+from valley.errors import ConfigError, InputError
+from valley.manifest import AUDIT_DIR, Manifest, SubsetAudit, pad_of
 from valley.stage import StageResult, run_stage
 from valley.storage import Storage
 
 __all__ = ["ColumnMapping", "DataConfig", "DataResult", "SubsetSpec", "run_data"]
+
+log = logging.getLogger(__name__)
 
 META_COLUMNS = ["id", "question_id", "source", "difficulty", "difficulty_bucket", "teacher", "correct", "think",
                 "source_file", "source_row"]
@@ -61,6 +67,7 @@ class DataResult(StageResult):
     rejected_by_reason: dict[str, int]
     questions_deduplicated: int = 0  # traces kept out of every subset by `dedup_questions`
     subsets: dict[str, dict[str, Any]]  # each with `path`: its tokenized rows, under the storage root
+    warnings: list[str] = []  # the label audits' (truncation above max_truncated_share)
 
 
 def _fingerprint(paths: list[str]) -> str:
@@ -182,11 +189,15 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
     for name, table in selected.items():
         storage.write_parquet(table.select(["id", "question_id", "part"]), out, "subsets", f"{name}.parquet")
 
-    # 4. template, tokenize, pack
+    # 4. template, tokenize, pack, audit the labels
     _save_tokenizer(cfg, storage, out)
+    tok = load_tokenizer(cfg.tokenizer)
+    eot_id, eot_token = end_of_turn(tok, cfg.tokenizer)
+    pad_id, pad_from = pad_of(tok)
     groups = [g for name, table in selected.items() for g in plan_groups(name, table, cfg.group_docs)]
-    all_stats = run_tokenize(groups, cfg, storage, out)
+    all_stats = run_tokenize(groups, cfg, storage, out, eot_id)
     subsets: dict[str, dict[str, Any]] = {}
+    audits: list[SubsetAudit] = []
     for name, table in selected.items():
         stats = sorted((s for s in all_stats if s["subset"] == name), key=lambda s: s["group"])
         dropped = [d for s in stats for d in s["dropped"]]
@@ -194,6 +205,12 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
             storage.write_parquet(pa.Table.from_pylist(dropped), out, "dropped", f"{name}.parquet")
         subsets[name] = {**_subset_summary(stats, dropped, table.num_rows), "eligible": pools[name]}
         subsets[name]["path"] = posixpath.join(out, "tokenized", name)
+        audit = subset_audit(name, [s["audit"] for s in stats], eot_id=eot_id, eot_token=eot_token, pad_id=pad_id,
+                             max_seq_len=cfg.max_seq_len, overlength=cfg.overlength)
+        audit.write(storage, out)
+        subsets[name]["audit"] = audit.headline()
+        audits.append(audit)
+    warnings = check_audits(audits, cfg.max_truncated_share, storage, out)
 
     summary = {
         "stage_dir": out,
@@ -204,7 +221,21 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
         "questions_deduplicated": accepted - ordered.num_rows,
         "subsets": subsets,
     }
-    manifest = dict(summary, **({"joins": joins} if joins is not None else {}), seq_len=cfg.max_seq_len, packing=cfg.packing, tokenizer=cfg.tokenizer, **pad_entry(cfg.tokenizer),
+    manifest = dict(summary, **({"joins": joins} if joins is not None else {}), seq_len=cfg.max_seq_len, packing=cfg.packing, tokenizer=cfg.tokenizer, pad_id=pad_id, pad_id_from=pad_from,
                     think_structure=dict(think), inputs=files, config=cfg.model_dump(mode="json"))
     Manifest.from_fields(**manifest).write(storage, out)
-    return DataResult(**summary)
+    return DataResult(**summary, warnings=warnings)
+
+
+def check_audits(audits: list[SubsetAudit], max_truncated_share: float, storage: Storage, out: str) -> list[str]:
+    """Refuse the run (InputError naming every refused subset) when a subset's documents leave their
+    end of turn out of the loss; otherwise log and return the warnings."""
+    refused = [(a.subset, r) for a in audits if (r := a.refusal())]
+    if refused:
+        files = ", ".join(storage.uri(out, AUDIT_DIR, f"{name}.json") for name, _ in refused)
+        raise InputError("label audit refused the data run: " + "; ".join(r for _, r in refused),
+                         file=files, field="loss_mask")
+    warnings = [w for a in audits for w in a.warnings(max_truncated_share)]
+    for w in warnings:
+        log.warning("label audit: %s", w)
+    return warnings

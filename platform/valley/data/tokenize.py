@@ -3,7 +3,7 @@
 The subset's rows are cut, in storage order, into groups of `group_docs` documents; group g becomes
 `tokenized/<subset>/part-<g>.parquet`, then a stats sidecar marks it finished. Groups are fixed by the
 data, not by Ray's scheduling, so shards are identical run after run, and a re-run redoes only the groups
-whose sidecar is missing.
+whose sidecar is missing (or lacks the label audit's tally: written before audits existed).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import ray
 import ray.data
 
 from valley import schemas
+from valley.data.audit import DocFacts, doc_facts, tally
 from valley.data.chat import ChatEncoder
 from valley.data.config import DataConfig
 from valley.data.packing import Doc, PackedRow, one_per_row, pack_best_fit
@@ -38,23 +39,30 @@ def plan_groups(subset: str, members: pa.Table, group_docs: int) -> list[dict[st
     return groups
 
 
-def encode_docs(encoder: ChatEncoder, rows: list[dict], cfg: DataConfig) -> tuple[list[Doc], dict[str, Any]]:
-    """Template + tokenize rows, then apply the over-length policy. Returns docs and what was dropped."""
-    encoded = encoder.encode([(r["question"], r["response"]) for r in rows])
-    docs, dropped, truncated, no_loss = [], [], 0, []
+def encode_docs(encoder: ChatEncoder, rows: list[dict], cfg: DataConfig,
+                eot_id: int) -> tuple[list[Doc], dict[str, Any]]:
+    """Template + tokenize rows, then apply the over-length policy. Returns docs and what was dropped,
+    with the label audit's tally of the rows (`audit`; `eot_id` is the template's end-of-turn token)."""
+    encoded = encoder.iter_encode([(r["question"], r["response"]) for r in rows])
+    docs, dropped, truncated, no_loss, facts = [], [], 0, [], []
     for row, enc in zip(rows, encoded):
         ids, mask = enc.input_ids, enc.loss_mask
-        if len(ids) > cfg.max_seq_len:
+        n = len(ids)
+        if n > cfg.max_seq_len:
             if cfg.overlength == "drop":
-                dropped.append({"id": row["id"], "n_tokens": len(ids), "reason": "overlength"})
+                dropped.append({"id": row["id"], "n_tokens": n, "reason": "overlength"})
+                facts.append(DocFacts(row["id"], n, cut=True))
                 continue
             ids, mask = ids[: cfg.max_seq_len], mask[: cfg.max_seq_len]
             truncated += 1
         if not any(mask):
             no_loss.append({"id": row["id"], "n_tokens": len(ids), "reason": "no_assistant_tokens"})
+            facts.append(DocFacts(row["id"], n, cut=n > cfg.max_seq_len))
             continue
         docs.append(Doc(row["id"], ids, mask))
-    return docs, {"dropped": dropped + no_loss, "truncated": truncated}
+        facts.append(doc_facts(row["id"], enc.input_ids, enc.loss_mask, enc.offsets, enc.text, enc.prompt_chars,
+                               len(ids), eot_id))
+    return docs, {"dropped": dropped + no_loss, "truncated": truncated, "audit": tally(facts)}
 
 
 def pack_docs(docs: list[Doc], cfg: DataConfig, pad_id: int) -> list[PackedRow]:
@@ -66,10 +74,11 @@ def pack_docs(docs: list[Doc], cfg: DataConfig, pad_id: int) -> list[PackedRow]:
 class TokenizePacker:
     """Ray Data actor: owns one ChatEncoder; turns a group of trace ids into one packed shard."""
 
-    def __init__(self, cfg_json: str, storage_root: str, out_dir: str):
+    def __init__(self, cfg_json: str, storage_root: str, out_dir: str, eot_id: int):
         self.cfg = DataConfig.model_validate_json(cfg_json)
         self.storage = Storage(storage_root)
         self.out_dir = out_dir
+        self.eot_id = eot_id
         self.encoder = ChatEncoder(self.cfg.tokenizer, self.cfg.system_prompt)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -80,7 +89,9 @@ class TokenizePacker:
         name = f"part-{group['group']:05d}"
         sub = posixpath.join(self.out_dir, "tokenized", group["subset"])
         if self.storage.exists(sub, TOKENIZE_STATS_DIR, f"{name}.json"):
-            return self.storage.read_json(sub, TOKENIZE_STATS_DIR, f"{name}.json")
+            stats = self.storage.read_json(sub, TOKENIZE_STATS_DIR, f"{name}.json")
+            if "audit" in stats:
+                return stats
         wanted = pa.array(group["ids"], pa.string())
         tables = [
             self.storage.read_parquet(self.out_dir, "traces", part, columns=["id", "question", "response"])
@@ -90,7 +101,7 @@ class TokenizePacker:
         table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
         by_id = {r["id"]: r for r in table.to_pylist()}
         rows = [by_id[i] for i in group["ids"]]
-        docs, dropped = encode_docs(self.encoder, rows, self.cfg)
+        docs, dropped = encode_docs(self.encoder, rows, self.cfg, self.eot_id)
         packed = pack_docs(docs, self.cfg, self.encoder.pad_id)
         records = [r.as_record() for r in packed]
         self.storage.write_parquet(pa.Table.from_pylist(records, schema=schemas.TOKENIZED), sub, f"{name}.parquet")
@@ -105,15 +116,18 @@ class TokenizePacker:
             "slots": sum(len(r["input_ids"]) for r in records),
             "truncated": dropped["truncated"],
             "dropped": dropped["dropped"],
+            "audit": dropped["audit"],
         }
         self.storage.write_json(stats, sub, TOKENIZE_STATS_DIR, f"{name}.json")
         return stats
 
 
-def run_tokenize(groups: list[dict[str, Any]], cfg: DataConfig, storage: Storage, out_dir: str) -> list[dict[str, Any]]:
+def run_tokenize(groups: list[dict[str, Any]], cfg: DataConfig, storage: Storage, out_dir: str,
+                 eot_id: int) -> list[dict[str, Any]]:
     """Tokenize and pack every group (of every subset) in one Ray Data pass; returns per-group stats.
 
-    Each group dict carries its `subset`, `group` number, `parts` and `ids` (see plan_groups).
+    Each group dict carries its `subset`, `group` number, `parts` and `ids` (see plan_groups); `eot_id` is
+    the template's end-of-turn token, which the label audit checks every document trains on.
     """
     if not groups:
         return []
@@ -123,7 +137,8 @@ def run_tokenize(groups: list[dict[str, Any]], cfg: DataConfig, storage: Storage
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         TokenizePacker,
-        fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "storage_root": storage.root, "out_dir": out_dir},
+        fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "storage_root": storage.root, "out_dir": out_dir,
+                               "eot_id": eot_id},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,

@@ -7,7 +7,8 @@ can be an axis: teacher, answers per question, trace length, source, difficulty,
 where runs start: `base` (the student's model), `<arm>@<size>` (that arm's run at that size: the paper's
 stage 2 generalised) or `<student>/<arm>@<size>` (another student's run: a checkpoint of the same
 architecture that every student of the study continues from). Comparisons: `series` (one arm over its sizes: the valley curve) and `contrast` (two
-arms at equal size and equal start).
+arms at equal size and equal start). `seeds` gives a run replicates (its own training seed each, and with
+`resample` its own draw of the subset), which the report's paired tests use.
 
 The paper's study (`study:` with RQ1/RQ2/RQ3 and stage 2) is a preset of this: `arms_of_study` turns it
 into arms and comparisons whose subsets and runs have the names they always had, so its stages hash as
@@ -38,6 +39,12 @@ class ArmSpec(BaseModel):
     # "-from-<start>" (set, they always do)
     from_: list[str] | None = Field(default=None, alias="from")
     per_epoch_eval: bool = False  # also evaluate every epoch's export
+    # training seeds (replicates) per run: a count for every size, or {size: count}; None: the study's
+    # `seeds`. Replicate k trains with the train seed + k (its own data order); replicate 0 keeps the names
+    # a single run has, replicate k adds "-s<k>" to them.
+    seeds: int | dict[int, int] | None = None
+    # replicates also draw their own subset (the subset's seed + k), not only their own data order
+    resample: bool = False
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields for this arm's runs only
     generate: dict[str, Any] = Field(default_factory=dict)  # GenerateConfig fields for its evaluations only
 
@@ -47,7 +54,19 @@ class ArmSpec(BaseModel):
             raise ValueError(f"sizes {self.sizes} must be distinct positive sizes")
         if len(self.sizes) > 1 and self.names is not None and "{size}" not in self.names:
             raise ValueError(f"names {self.names!r} must contain {{size}} for several sizes")
+        if isinstance(self.seeds, dict):
+            unknown = sorted(set(self.seeds) - set(self.sizes))
+            if unknown or any(n < 1 for n in self.seeds.values()):
+                raise ValueError(f"seeds {self.seeds} must map this arm's sizes {self.sizes} to counts >= 1")
+        elif self.seeds is not None and self.seeds < 1:
+            raise ValueError(f"seeds={self.seeds} must be >= 1")
         return self
+
+    def replicates(self, size: int, study_seeds: int = 1) -> int:
+        """How many training seeds the run of `size` has (per start)."""
+        if isinstance(self.seeds, dict):
+            return self.seeds.get(size, 1)
+        return self.seeds if self.seeds is not None else study_seeds
 
     def subset_name(self, arm: str, size: int) -> str:
         return (self.names or "{arm}-{size}").format(arm=arm, size=size)
@@ -73,6 +92,12 @@ class ComparisonSpec(BaseModel):
 
     def arms(self) -> list[str]:
         return [self.series] if self.series is not None else list(self.contrast or [])
+
+
+def replicate_name(name: str, replicate: int) -> str:
+    """A run's (or a resampled subset's) name for replicate k: replicate 0 keeps the plain name, so a study
+    that adds seeds later finds its single runs as replicate 0."""
+    return name if replicate == 0 else f"{name}-s{replicate}"
 
 
 def parse_start(start: str) -> tuple[str, int] | None:

@@ -54,6 +54,8 @@ def design_rows(spec: Any, graph: StudyGraph, pools: dict[str, int]) -> list[dic
         rows.append({"arm": name, "subset": json.dumps(arm.subset, sort_keys=True) if arm.subset else "any trace",
                      "eligible": f"{max(found):,}" if found else "- (after the data stage)",
                      "sizes": ", ".join(f"{s:,}" for s in arm.sizes), "from": ", ".join(arm.starts()),
+                     "seeds": ", ".join(str(arm.replicates(s, spec.seeds)) for s in arm.sizes)
+                     + (" (resampled)" if arm.resample else ""),
                      "training runs": str(trains)})
     return rows
 

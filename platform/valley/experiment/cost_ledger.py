@@ -33,14 +33,16 @@ class CostLedger:
         if storage.exists(*self.parts):
             self.records = {f"{r['stage']}/{r['run']}": r for r in storage.read_json(*self.parts)}
 
-    def record(self, stage: str, run: str, wall_s: float, cpus: float, gpus: float, skipped: bool) -> None:
+    def record(self, stage: str, run: str, wall_s: float, cpus: float, gpus: float, skipped: bool,
+               trained_tokens: int | None = None) -> None:
         key = f"{stage}/{run}"
         with self._lock:
             if skipped and key in self.records:
                 return  # keep the timing of the run that did the work
             self.records[key] = {"stage": stage, "run": run, "wall_s": round(wall_s, 2),
                                  "core_s": round(wall_s * cpus, 1), "gpu_s": round(wall_s * gpus, 1),
-                                 "cpus": cpus, "gpus": gpus, "timed_when_skipped": skipped}
+                                 "cpus": cpus, "gpus": gpus, "timed_when_skipped": skipped,
+                                 **({"trained_tokens": trained_tokens} if trained_tokens is not None else {})}
             self.storage.write_json(list(self.records.values()), *self.parts)
 
     def rows(self) -> list[dict[str, Any]]:
@@ -69,7 +71,7 @@ def timed(stage: str, cfg: Any, storage: Storage, run: Callable[[Any, Storage], 
     if _ACTIVE is not None:
         cpus, gpus = reserved(stage, cfg)
         _ACTIVE.record(stage, cfg.name or stage, time.perf_counter() - t0, cpus, gpus,
-                       bool(getattr(result, "skipped", False)))
+                       bool(getattr(result, "skipped", False)), getattr(result, "trained_tokens", None))
     return result
 
 

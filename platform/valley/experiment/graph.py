@@ -21,7 +21,7 @@ from typing import Any
 
 from valley import legacy, registry
 from valley.data.config import SubsetSpec
-from valley.experiment.arms import ArmSpec, parse_start, start_order, start_student
+from valley.experiment.arms import ArmSpec, parse_start, replicate_name, start_order, start_student
 from valley.experiment.spec import ExperimentSpec, StudentSpec
 
 KINDS = registry.study_kinds()
@@ -65,6 +65,7 @@ class TrainParams:
     start: str | None  # the train node whose export this run continues from (None: the student's model)
     per_epoch: bool  # export (and evaluate) every epoch
     arm: str | None = None  # the arm it trains (its train overrides apply)
+    replicate: int = 0  # which training seed of its run (the train seed + replicate)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class EvalRun:
     alias_of: str | None = None  # already evaluated as this run (the final epoch, or epoch 0 = the start)
     arm: str | None = None  # the arm it belongs to (None: the student's model itself)
     start: str | None = None  # where its run started: "base" or the start run's name (e.g. r30000)
+    replicate: int = 0  # which training seed of its run; the report pools a run's replicates
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -222,7 +224,7 @@ class _StudentPlanner:
     every arm's training runs (each after the arms it starts from), then generate+grade per point."""
 
     def __init__(self, spec: ExperimentSpec, student: StudentSpec,
-                 planned: dict[tuple[str, str, int], tuple[str, str]] | None = None):
+                 planned: dict[tuple[str, str, int, int], tuple[str, str]] | None = None):
         self.spec, self.s = spec, student.name
         self.arms, _, self.evaluate_base = spec.design()
         self.prefix = f"{spec.experiment}-{student.name}"
@@ -231,7 +233,7 @@ class _StudentPlanner:
         self.runs: list[EvalRun] = []
         self.provider: dict[str, str] = {}  # subset -> the data node that packs it
         # the study's training runs planned so far, this student's and those before: the ones a start names
-        # (student, arm, size) -> (train node, its evaluation's run id)
+        # (student, arm, size, replicate) -> (train node, its evaluation's run id)
         self.planned = planned if planned is not None else {}
 
     def plan(self) -> tuple[list[Node], list[EvalRun]]:
@@ -252,9 +254,10 @@ class _StudentPlanner:
         for arm_name, arm in self.arms.items():
             for size in arm.sizes:
                 name = arm.subset_name(arm_name, size)
-                request = SubsetRequest.of(name, size, arm.subset)
                 reads_labels = SubsetSpec(name=name, size=size, **arm.subset).reads_labels()
-                (labelled if reads_labels else unlabelled).append(request)
+                for replicate in range(self.subset_draws(arm, size)):
+                    request = SubsetRequest.of(replicate_name(name, replicate), size, self.drawn(arm, replicate))
+                    (labelled if reads_labels else unlabelled).append(request)
         plain = unlabelled if self.spec.label is not None else unlabelled + labelled
         labelled = labelled if self.spec.label is not None else []
         data_id = f"data:{self.s}"
@@ -267,14 +270,38 @@ class _StudentPlanner:
                                    DataParams(tuple(labelled), label_id)))
             self.provider.update({r.name: labelled_id for r in labelled})
 
-    def _start(self, start: str, base_run: str | None) -> tuple[str | None, str | None, str, str]:
-        """(train node, its evaluation, its label in run names, its checkpoint in the report) of a start."""
+    def seeds_of(self, arm: ArmSpec, size: int) -> int:
+        return arm.replicates(size, self.spec.seeds)
+
+    def subset_draws(self, arm: ArmSpec, size: int) -> int:
+        """Subsets a run of `size` trains on: one, or one per replicate when the arm resamples."""
+        return self.seeds_of(arm, size) if arm.resample else 1
+
+    def drawn(self, arm: ArmSpec, replicate: int) -> dict:
+        """The arm's subset definition for replicate k's own draw: the subset's seed (else the data run's)
+        plus k; subsets it excludes follow to their replicate k where those are drawn too."""
+        if replicate == 0:
+            return dict(arm.subset)
+        seed = arm.subset.get("seed")
+        base = seed if seed is not None else (self.spec.section("data") or {}).get("seed", 0)
+        drawn = {**arm.subset, "seed": int(base) + replicate}
+        if arm.subset.get("exclusive_of"):
+            resampled = {other.subset_name(name, size) for name, other in self.arms.items() if other.resample
+                         for size in other.sizes if self.seeds_of(other, size) > replicate}
+            drawn["exclusive_of"] = [replicate_name(n, replicate) if n in resampled else n
+                                     for n in arm.subset["exclusive_of"]]
+        return drawn
+
+    def _start(self, start: str, base_run: str | None,
+               replicate: int = 0) -> tuple[str | None, str | None, str, str]:
+        """(train node, its evaluation, its label in run names, its checkpoint in the report) of a start;
+        replicate k continues from the start run's replicate k where it has one, else from its first."""
         found = parse_start(start)
         if found is None:
             return None, base_run, "base", "base"
         student = start_student(start) or self.s
         name = self.arms[found[0]].subset_name(found[0], found[1])
-        node, run_id = self.planned[(student, *found)]
+        node, run_id = self.planned.get((student, *found, replicate)) or self.planned[(student, *found, 0)]
         if student == self.s:
             return node, run_id, name, str(found[1])
         return node, None, f"{student}-{name}", f"{student} {found[1]}"  # another student's run: no epoch-0 alias
@@ -286,19 +313,29 @@ class _StudentPlanner:
         train_res, epochs = run_resources("train", train_cfg), train_cfg.epochs
         for size in sorted(arm.sizes):
             name = arm.subset_name(arm_name, size)
-            for start in arm.starts():
-                start_node, start_run, label, checkpoint = self._start(start, base_run)
-                tag = name if arm.from_ is None else f"{name}-from-{label}"
-                node_id = f"train:{self.s}-{tag}"
-                deps = (self.provider[name],) + ((start_node,) if start_node else ())
-                params = TrainParams(tag, name, size, self.provider[name], start_node, arm.per_epoch_eval, arm_name)
-                self.nodes.append(Node(node_id, "train", f"{self.prefix}-{tag}", deps, train_res, self.s, params))
-                run = EvalRun(f"{self.s}-{tag}", self.s, size, _eval_subset(self.arms, arm_name), checkpoint, train=node_id,
-                              arm=arm_name, start=label)
-                self.runs.append(run)
-                if arm.per_epoch_eval:
-                    self.runs.extend(epoch_runs(run, epochs, start_run))
-                self.planned.setdefault((self.s, arm_name, size), (node_id, run.run_id))
+            for replicate in range(self.seeds_of(arm, size)):
+                subset = replicate_name(name, replicate) if arm.resample else name
+                for start in arm.starts():
+                    self.train_run(arm_name, size, subset, start, replicate, base_run, train_res, epochs)
+
+    def train_run(self, arm_name: str, size: int, subset: str, start: str, replicate: int,
+                  base_run: str | None, train_res: dict[str, float], epochs: int) -> None:
+        """One training run (a replicate of one size and start) and its evaluation points."""
+        arm = self.arms[arm_name]
+        start_node, start_run, label, checkpoint = self._start(start, base_run, replicate)
+        name = arm.subset_name(arm_name, size)
+        tag = replicate_name(name if arm.from_ is None else f"{name}-from-{label}", replicate)
+        node_id = f"train:{self.s}-{tag}"
+        deps = (self.provider[subset],) + ((start_node,) if start_node else ())
+        params = TrainParams(tag, subset, size, self.provider[subset], start_node, arm.per_epoch_eval, arm_name,
+                             replicate)
+        self.nodes.append(Node(node_id, "train", f"{self.prefix}-{tag}", deps, train_res, self.s, params))
+        run = EvalRun(f"{self.s}-{tag}", self.s, size, _eval_subset(self.arms, arm_name), checkpoint, train=node_id,
+                      arm=arm_name, start=label, replicate=replicate)
+        self.runs.append(run)
+        if arm.per_epoch_eval:
+            self.runs.extend(epoch_runs(run, epochs, start_run))
+        self.planned.setdefault((self.s, arm_name, size, replicate), (node_id, run.run_id))
 
     def evaluation_nodes(self) -> None:
         """A generate and a grade node per evaluation point that is not an alias of another."""
@@ -325,13 +362,14 @@ def plan_study(spec: ExperimentSpec) -> StudyGraph:
     """Every stage run of the study and what it waits for. Pure: the same spec gives the same graph."""
     nodes: list[Node] = []
     runs: list[EvalRun] = []
-    planned: dict[tuple[str, str, int], tuple[str, str]] = {}
+    planned: dict[tuple[str, str, int, int], tuple[str, str]] = {}
     for student in students_in_start_order(spec):
         student_nodes, student_runs = _StudentPlanner(spec, student, planned).plan()
         nodes += student_nodes
         runs += student_runs
-    grades = tuple(n.id for n in nodes if n.kind == "grade")
-    nodes.append(Node("report", "report", spec.experiment, grades, {}, None, ReportParams()))
+    # the report reads every grading, and the data runs' label audits of the subsets trained on
+    inputs = tuple(n.id for n in nodes if n.kind in ("grade", "data"))
+    nodes.append(Node("report", "report", spec.experiment, inputs, {}, None, ReportParams()))
     return StudyGraph(spec.experiment, tuple(nodes), tuple(runs))
 
 

@@ -82,8 +82,11 @@ def train_config_of(spec: ExperimentSpec, node: Node, storage: Storage, inputs: 
     p: TrainParams = node.params  # type: ignore[assignment]
     # a trained model as the full location the sequential runner passed, so the config hash is the same
     start = storage.uri(inputs[p.start]["model"]) if p.start else _student(spec, node.student).model
+    fields = spec.arm_train_fields(p.arm)
+    if p.replicate:  # replicate 0 is the run as it was before seeds existed: same fields, same hash
+        fields["seed"] = int(fields.get("seed", 0)) + p.replicate
     return TrainConfig(name=node.name, data=inputs[p.data]["stage_dir"], subset=p.subset, model=start,
-                       export_every_epoch=p.per_epoch, **spec.arm_train_fields(p.arm))
+                       export_every_epoch=p.per_epoch, **fields)
 
 
 def run_train_node(spec: ExperimentSpec, graph: StudyGraph, node: Node, storage: Storage,
@@ -163,9 +166,12 @@ def _await_announcement(context: NodeContext, node_id: str, poll_s: float = 1.0)
     return where
 
 
-def run_specs(runs: tuple[EvalRun, ...] | list[EvalRun], graded: Mapping[str, Outputs]) -> list[dict[str, Any]]:
+def run_specs(runs: tuple[EvalRun, ...] | list[EvalRun], graded: Mapping[str, Outputs],
+              trained: Mapping[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """The report's RunSpec dicts for every evaluation point whose grading (or its alias's) has finished.
-    `graded` maps run ids to their grade node's outputs; points without one are left out (a partial report)."""
+    `graded` maps run ids to their grade node's outputs; points without one are left out (a partial report).
+    `trained` maps train node ids to what the report adds about their training: the run's name (the cost
+    table's, for the compute axis) and the data run and subset it read (for the label audit)."""
     specs = []
     for run in runs:
         source = run.alias_of or run.run_id
@@ -174,10 +180,25 @@ def run_specs(runs: tuple[EvalRun, ...] | list[EvalRun], graded: Mapping[str, Ou
         tables = {k: graded[source][k] for k in ("samples", "verdicts", "problems")}
         entry = {"run_id": run.run_id, "data_size": run.data_size, "subset": run.subset,
                  "checkpoint": run.checkpoint, "model": run.student, "epoch": run.epoch, **tables}
+        if run.replicate:
+            entry["replicate"] = run.replicate
+        if run.train is not None and trained and run.epoch is None:
+            entry.update(trained.get(run.train, {}))
         if run.alias_of is not None:
             entry["source_run_id"] = source  # the rows inside those tables carry the source's run id
         specs.append(entry)
     return specs
+
+
+def training_of(graph: StudyGraph, outputs: Mapping[str, Outputs]) -> dict[str, dict[str, str]]:
+    """Train node id -> its run name, and the data run (where finished) and subset it trained on."""
+    out = {}
+    for n in graph.nodes:
+        if n.kind == "train":
+            p: TrainParams = n.params  # type: ignore[assignment]
+            data = outputs.get(p.data, {}).get("stage_dir")
+            out[n.id] = {"train_run": n.name, **({"data": data, "data_subset": p.subset} if data else {})}
+    return out
 
 
 def report_max_tokens(spec: ExperimentSpec) -> int:
@@ -214,7 +235,7 @@ def report_over(spec: ExperimentSpec, graph: StudyGraph, storage: Storage, outpu
     """The report over every finished evaluation in `outputs` (all of them, unless a partial report)."""
     from valley.report.config import ReportConfig
 
-    specs = run_specs(graph.runs, graded_outputs(graph, outputs))
+    specs = run_specs(graph.runs, graded_outputs(graph, outputs), training_of(graph, outputs))
     ledger = cost_ledger.CostLedger(storage, spec.experiment)
     fields = {"costs": ledger.rows(), **spec.section("report")}
     declared = report_comparisons(spec, graph, {s["run_id"] for s in specs})

@@ -7,6 +7,7 @@ those the study plan sets (`plan.plan_study` derives every stage run from it).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -31,6 +32,18 @@ class StudentSpec(BaseModel):
     # GenerateConfig fields for this student's runs only, over the `generate` section: model-specific
     # settings such as rope_scaling (YaRN) for a model whose window is shorter than the budget needs.
     generate: dict[str, Any] = Field(default_factory=dict)
+    # When its training data ends (ISO date): this student's generate runs then keep only LCB problems
+    # after it (filters.start_date = the day after), unless the generate section or the student's own
+    # generate overrides set a window (filters.window, start_date or end_date), which wins; an arm that
+    # sets its own `filters` replaces them whole, this date included.
+    cutoff: dt.date | None = None
+
+    def filters_after_cutoff(self, filters: Any) -> Any:
+        """`filters` (a dict, ProblemFilter or None) starting the day after `cutoff` when no window is set."""
+        given = filters.model_dump(exclude_unset=True) if isinstance(filters, BaseModel) else dict(filters or {})
+        if self.cutoff is None or any(given.get(k) is not None for k in ("window", "start_date", "end_date")):
+            return filters
+        return {**given, "start_date": (self.cutoff + dt.timedelta(days=1)).isoformat()}
 
 
 TRAINED_SUBSETS = ("random", "correct", "incorrect", "easy", "hard")
@@ -110,6 +123,8 @@ class ExperimentSpec(BaseModel):
     arms: dict[str, ArmSpec] | None = None
     comparisons: list[ComparisonSpec] | None = None
     evaluate_base: bool | None = None  # with arms: evaluate each student's model itself (default true)
+    # training seeds (replicates) of every run whose arm does not set its own `seeds` (experiment/arms.py)
+    seeds: int = Field(default=1, ge=1)
     study: StudySpec = Field(default_factory=StudySpec)
     data: DataSection  # type: ignore[valid-type]
     label: LabelSection | None = Field(default_factory=LabelSection)  # type: ignore[valid-type]  # None: traces carry `correct`
@@ -224,9 +239,13 @@ class ExperimentSpec(BaseModel):
             raise ValueError(f"section {stage!r}{f' (student {student!r})' if student else ''}: {exc}") from exc
 
     def generate_fields(self, student: str | None) -> dict[str, Any]:
-        """The generate section with the student's own overrides on top (GenerateConfig minus name, model)."""
-        own = next((s.generate for s in self.students if s.name == student), {})
-        return {**self.section("generate"), **own}
+        """The generate section with the student's own overrides on top (GenerateConfig minus name, model),
+        its problems starting after the student's cutoff unless a window is set."""
+        own = next((s for s in self.students if s.name == student), None)
+        fields = {**self.section("generate"), **(own.generate if own else {})}
+        if own is not None and own.cutoff is not None:
+            fields["filters"] = own.filters_after_cutoff(fields.get("filters"))
+        return fields
 
 
 # values for the fields a study sets per run, when a section is checked alone

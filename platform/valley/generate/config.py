@@ -7,12 +7,14 @@ interval) is not, so re-running with more replicas reuses finished outputs.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from valley import legacy
 from valley.config import StageConfig
+from valley.generate import releases
 from valley.generate.prompts import LCB_SYSTEM_MESSAGE
 
 
@@ -27,14 +29,57 @@ class ProblemFilter(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    release_version: str | None = None  # release_v1..release_v6 (cumulative), v3 (one increment), v2_v5 (range)
+    release_version: str | None = None  # by file: release_v1..release_v6 (cumulative), v3 (one increment), v2_v5
     start_date: str | None = None  # ISO date, inclusive: contest_date >= start_date
     end_date: str | None = None  # ISO date, inclusive: contest_date <= end_date (whole day)
+    # By contest date: an LCB release as a named date window (generate/releases.py): release_v1..release_v6,
+    # v1..v6 or vA_vB. It fills start_date/end_date, and only those dates are hashed (the name is never
+    # dumped), so a preset and the same dates written out share their outputs and an unset preset changes no
+    # hash. Dates given beside a preset must equal the preset's: a silent intersection would hide a typo.
+    window: str | None = Field(default=None, exclude=True)
     difficulties: list[str] | None = None  # easy | medium | hard
     platforms: list[str] | None = None  # atcoder | codeforces | leetcode
     question_ids: list[str] | None = None
     missing: Literal["exclude", "include"] = "exclude"
     limit: int | None = Field(default=None, ge=1)  # first `limit` problems after filtering (sorted by id)
+
+    @field_validator("start_date", "end_date", mode="before")
+    @classmethod
+    def _iso_day(cls, value: Any) -> Any:
+        """YAML reads an unquoted 2024-08-01 as a date; either way the value must start with an ISO day."""
+        if isinstance(value, dt.date):
+            return value.isoformat()
+        if isinstance(value, str):
+            try:
+                dt.date.fromisoformat(value[:10])
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an ISO date (YYYY-MM-DD)") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_window(self) -> ProblemFilter:
+        if self.window is not None:
+            preset = releases.resolve(self.window)
+            for name, given, wanted in (("start_date", self.start_date, preset.start),
+                                        ("end_date", self.end_date, preset.end)):
+                if given is not None and given[:10] != wanted:
+                    raise ValueError(f"window {self.window!r} is {preset} but {name} is {given}; give the preset "
+                                     "or the dates (or dates equal to the preset's), not both")
+            self.start_date, self.end_date = preset.start, preset.end
+        if self.start_date and self.end_date and self.start_date[:10] > self.end_date[:10]:
+            raise ValueError(f"start_date {self.start_date} is after end_date {self.end_date}")
+        return self
+
+    def window_label(self) -> str:
+        """How a report names the window: the date preset (also for the same dates written out) or the
+        dates, and the release files when `release_version` picks them."""
+        if self.start_date or self.end_date:
+            dates = f"{(self.start_date or '')[:10]}..{(self.end_date or '')[:10]}"
+            preset = self.window or releases.preset_of(self.start_date, self.end_date)
+            label = f"{preset} ({dates})" if preset else dates
+        else:
+            label = "all contest dates"
+        return f"files of {self.release_version}, {label}" if self.release_version else label
 
 
 class PoolConfig(BaseModel):

@@ -34,10 +34,20 @@ class Selection:
     total: int
     dropped: Counter = field(default_factory=Counter)  # reason -> count
     missing: Counter = field(default_factory=Counter)  # "<field>_<exclude|include>" -> count
+    window: dict[str, Any] = field(default_factory=dict)  # see `window_of`
 
     def summary(self) -> dict[str, Any]:
         return {"total": self.total, "selected": len(self.problems), "dropped": dict(self.dropped),
-                "missing": dict(self.missing)}
+                "missing": dict(self.missing), "window": dict(self.window)}
+
+
+def window_of(problems: list[dict[str, Any]], flt: ProblemFilter) -> dict[str, Any]:
+    """The contest-date window a selection was made with and the one its problems span: the stage's marker
+    keeps it, so a report names the window each run was scored on."""
+    dates = sorted(str(p["contest_date"])[:10] for p in problems if p.get("contest_date"))
+    return {"label": flt.window_label(), "start_date": flt.start_date, "end_date": flt.end_date,
+            "first_contest_date": dates[0] if dates else None, "last_contest_date": dates[-1] if dates else None,
+            "n_dated": len(dates)}
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -143,6 +153,7 @@ def select(rows: list[tuple[dict[str, Any], int | None]], flt: ProblemFilter) ->
     if flt.limit is not None and len(sel.problems) > flt.limit:
         sel.dropped["limit"] += len(sel.problems) - flt.limit
         sel.problems = sel.problems[: flt.limit]
+    sel.window = window_of(sel.problems, flt)
     return sel
 
 

@@ -1,4 +1,5 @@
-"""One run's metric rows: pass@k, completion rate, think-tag rate, verdict mix, breakdowns, CIs.
+"""One run's metric rows: pass@k, completion rate, think-tag rate, verdict mix, timeout rate, the LCB
+window, grade re-runs, breakdowns, CIs.
 
 Every statistic is computed from per-problem sums (samples, passes, completions, think tags,
 verdict counts), so a breakdown is the same computation over a subset of problems and every CI
@@ -8,7 +9,8 @@ caller adds (experiment, run_id, data_size, subset, checkpoint, model, epoch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -20,6 +22,7 @@ from valley.metrics.passk import pass_at_1, pass_at_k
 from valley.schemas import VERDICT_VALUES
 
 DateWindow = tuple[str, str]  # [start, end) as ISO dates
+TIME_LIMIT = "time_limit"  # the verdict of a sample killed at the time limit (schemas.VERDICT_VALUES)
 
 
 def per_problem(joined: JoinedRun, date_windows: Sequence[DateWindow] | None = None) -> pl.DataFrame:
@@ -58,6 +61,50 @@ def window_label(date: pl.Expr, windows: Sequence[DateWindow] | None) -> pl.Expr
         hi = pl.lit(end).str.to_date(format="%Y-%m-%d")
         expr = expr.when((day >= lo) & (day < hi)).then(pl.lit(f"{start}..{end}"))
     return expr.otherwise(pl.lit("other"))
+
+
+def day_number(day: str) -> float:
+    """An ISO day as the number YYYYMMDD: a date in a (numeric) metric row that still reads as one."""
+    return float(day[:10].replace("-", ""))
+
+
+def day_of(number: float) -> str:
+    """The ISO day a `day_number` stands for."""
+    text = f"{int(number):08d}"
+    return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+
+
+def contest_date_rows(dates: pl.Series) -> list[dict]:
+    """First and last contest day of the problems evaluated (as `day_number`s); none when no date is known."""
+    days = dates.drop_nulls().cast(pl.String).str.slice(0, 10)
+    if days.len() == 0:
+        return []
+    return [_row("contest_date_first", day_number(str(days.min()))), _row("contest_date_last", day_number(str(days.max())))]
+
+
+def window_rows(window: Mapping[str, Any] | None, n_problems: int) -> list[dict]:
+    """The generate filter's window as rows: its label in the name (as breakdowns name their values) with the
+    problems evaluated as value, and its start and end days. `window` is what the generate stage recorded
+    (`selection.window` of its marker); runs from before it was recorded get no rows."""
+    if not window or not window.get("label"):
+        return []
+    rows = [_row(f"n_problems/lcb_window={window['label']}", n_problems)]
+    for key, metric in (("start_date", "lcb_window_start"), ("end_date", "lcb_window_end")):
+        if window.get(key):
+            rows.append(_row(metric, day_number(str(window[key]))))
+    return rows
+
+
+def rerun_rows(verdicts: pa.Table | pl.DataFrame) -> list[dict]:
+    """How many samples the grade stage re-ran alone (after a wall-clock kill or a grader error) and how many
+    of those still ended at the time limit; none when the verdicts do not say (imports, older grades)."""
+    df = verdicts if isinstance(verdicts, pl.DataFrame) else pl.from_arrow(verdicts)
+    assert isinstance(df, pl.DataFrame)
+    if "rerun_alone" not in df.columns:
+        return []
+    alone = df.filter(pl.col("rerun_alone").fill_null(False))
+    return [_row("n_reruns_alone", alone.height),
+            _row(f"n_reruns_alone/verdict={TIME_LIMIT}", int((alone["verdict"] == TIME_LIMIT).sum()))]
 
 
 def _row(metric: str, value: float, lo: float | None = None, hi: float | None = None) -> dict:
@@ -115,8 +162,11 @@ def _metric_rows(
         counts = pp[f"v_{v}"].to_numpy().astype(np.float64)
         if v != UNGRADED or counts.sum() > 0:
             specs.append((f"verdict_share/{v}", counts, nf))
+    # the calibration row: how often the time limit, not the answer, decided (the verdict's share, by name)
+    specs.append(("timeout_rate", pp[f"v_{TIME_LIMIT}"].to_numpy().astype(np.float64), nf))
     rows = _ratio_rows(specs, n_boot, seed)
     rows += [_row("n_problems", pp.height), _row("n_samples", int(n.sum())), _row("samples_per_problem_min", int(n.min()))]
+    rows += contest_date_rows(pp["contest_date"])
     for dim in ("difficulty", "platform", "window"):
         for value in sorted(pp[dim].unique().to_list()):
             sub = pp.filter(pl.col(dim) == value)
@@ -145,7 +195,7 @@ def compute_run_metrics(
     n_samples_without_problem), so nothing disappears without a trace.
     """
     joined = join_run(samples, verdicts, problems, max_tokens=max_tokens, sources=sources)
-    return metrics_from_joined(joined, n_boot=n_boot, seed=seed, ks=ks, date_windows=date_windows)
+    return metrics_from_joined(joined, n_boot=n_boot, seed=seed, ks=ks, date_windows=date_windows) + rerun_rows(verdicts)
 
 
 def metrics_from_joined(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from valley import legacy
 from valley.config import StageConfig
@@ -28,6 +28,24 @@ class RunSpec(BaseModel):
     verdicts: str  # schemas.VERDICTS
     problems: str  # schemas.PROBLEMS
     source_run_id: str | None = None  # run_id value inside the tables (default run_id; "*" = all rows)
+    # which training seed of its run (None: the only one, or replicate 0); runs alike in everything but
+    # this are pooled by the report's paired tests
+    replicate: int | None = Field(default=None, ge=0)
+    # the training run's name (its stage config name): the cost table's row that holds its trained tokens
+    # and GPU-hours, for the valley against compute
+    train_run: str | None = None
+    # the data run (stage dir) and subset the run trained on: the report shows that subset's label audit
+    data: str | None = None
+    data_subset: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_new_fields(self, handler: Any) -> Any:
+        """Fields added after reports were hashed are left out while unset, so an old report hashes as before."""
+        data = handler(self)
+        for name in legacy.RUN_SPEC_FIELDS_WHEN_SET:
+            if isinstance(data, dict) and data.get(name) is None:
+                data.pop(name, None)
+        return data
 
     @property
     def table_run_id(self) -> str:

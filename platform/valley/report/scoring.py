@@ -17,14 +17,23 @@ import ray
 
 from valley import schemas
 from valley.errors import ConfigError, InputError
-from valley.metrics.compute import metrics_from_joined
+from valley.metrics.compute import metrics_from_joined, per_problem, rerun_rows, window_rows
 from valley.metrics.join import UNGRADED, join_run
 from valley.metrics.valley_fit import fit_valley
 from valley.report.config import CORE_METRICS, ReportConfig, RunSpec
 from valley.storage import SUCCESS, Storage, conform
 
 RUN_FIELDS = ("data_size", "subset", "checkpoint", "model", "epoch")
-OPTIONAL_COLUMNS = ("run_id", "n_tokens", "difficulty", "platform", "contest_date")
+# per-problem sums kept for the paired tests: run, problem, samples, passes, completions (and how many
+# samples had a finish reason to tell), think tags
+PER_PROBLEM_COLUMNS = ("run_id", "question_id", "n", "c", "completed", "n_with_finish", "think")
+# columns each table may have and metrics use; per table, since asking for a column a file lacks makes
+# `_read` fall back to reading every column (a samples table's prompts can be most of its bytes)
+OPTIONAL_COLUMNS = {
+    "samples": ("run_id", "n_tokens"),
+    "verdicts": ("run_id", "rerun_alone"),
+    "problems": ("difficulty", "platform", "contest_date"),
+}
 
 
 @dataclass(frozen=True)
@@ -46,14 +55,27 @@ class ScoreOptions:
                    date_windows=windows)
 
 
-def _generate_budget(storage: Storage, samples: str) -> tuple[str, int | None] | None:
-    """(stage dir, its max_tokens) of the generate run whose `_SUCCESS` sits at or above `samples`."""
+def _generate_marker(storage: Storage, samples: str) -> tuple[str, dict[str, Any]] | None:
+    """(stage dir, marker summary) of the generate run whose `_SUCCESS` sits at or above `samples`."""
     path = samples.strip("/")
     while path and path != ".":
         if storage.exists(path, SUCCESS):
-            return path, storage.success_summary(path).get("max_tokens")
+            return path, storage.success_summary(path)
         path = posixpath.dirname(path)
     return None
+
+
+def _generate_budget(storage: Storage, samples: str) -> tuple[str, int | None] | None:
+    """(stage dir, its max_tokens) of the generate run whose `_SUCCESS` sits at or above `samples`."""
+    found = _generate_marker(storage, samples)
+    return None if found is None else (found[0], found[1].get("max_tokens"))
+
+
+def _generate_window(storage: Storage, samples: str) -> dict[str, Any] | None:
+    """The contest-date window the generate run recorded in its marker (None: no marker, or one written
+    before windows were recorded)."""
+    found = _generate_marker(storage, samples)
+    return (found[1].get("selection") or {}).get("window") if found else None
 
 
 def resolve_max_tokens(cfg: ReportConfig, storage: Storage) -> ReportConfig:
@@ -80,14 +102,15 @@ def _read(storage: Storage, path: str, columns: list[str], table_name: str) -> p
     """Only the columns metrics need (samples also hold prompts, which can be most of the bytes)."""
     if not storage.exists(path):
         raise InputError(f"{table_name} table not found", file=storage.uri(path))
+    optional = OPTIONAL_COLUMNS[table_name]
     try:
-        table = storage.read_parquet(path, columns=[*columns, *OPTIONAL_COLUMNS])
+        table = storage.read_parquet(path, columns=[*columns, *optional])
     except (pa.ArrowInvalid, KeyError):  # an optional column is absent: read all, then pick
         table = storage.read_parquet(path)
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise InputError(f"{table_name} table lacks column {missing[0]!r}", file=storage.uri(path), field=missing[0])
-    return table.select([c for c in table.column_names if c in columns or c in OPTIONAL_COLUMNS])
+    return table.select([c for c in table.column_names if c in columns or c in optional])
 
 
 def _select_run(table: pa.Table, run_id: str, file: str) -> pa.Table:
@@ -100,8 +123,18 @@ def _select_run(table: pa.Table, run_id: str, file: str) -> pa.Table:
     return out
 
 
-def evaluate_run(root: str, spec: dict, opts: ScoreOptions) -> tuple[list[dict], pa.Table]:
-    """Score one run: its metric rows (run fields filled in) and its unmatched rows to write aside.
+@dataclass(frozen=True)
+class ScoredRun:
+    """One run scored: its metric rows, the rows to write aside, and its per-problem sums (the paired
+    tests of report/significance.py resample those)."""
+
+    rows: list[dict]
+    unmatched: pa.Table
+    per_problem: pl.DataFrame
+
+
+def evaluate_run(root: str, spec: dict, opts: ScoreOptions) -> ScoredRun:
+    """Score one run: its metric rows (run fields filled in), its unmatched rows and per-problem sums.
 
     Takes plain data (storage root, spec as a dict) so it can run as a Ray task anywhere.
     """
@@ -122,6 +155,8 @@ def evaluate_run(root: str, spec: dict, opts: ScoreOptions) -> tuple[list[dict],
         joined, n_boot=opts.n_boot, seed=opts.seed, ks=list(opts.ks),
         date_windows=list(opts.date_windows) if opts.date_windows is not None else None,
     )
+    rows += rerun_rows(verdicts)
+    rows += window_rows(_generate_window(storage, run.samples), joined.samples["question_id"].n_unique())
     fields = {"run_id": run.run_id, **{f: getattr(run, f) for f in RUN_FIELDS}}
     rows = [{**fields, **r} for r in rows]
     ungraded = joined.samples.filter(pl.col("verdict") == UNGRADED).select(
@@ -137,10 +172,21 @@ def evaluate_run(root: str, spec: dict, opts: ScoreOptions) -> tuple[list[dict],
         pl.lit("sample_without_problem").alias("kind"),
     )
     unmatched = pl.concat([ungraded, orphans, no_problem]).to_arrow().cast(schemas.UNMATCHED)
-    return rows, unmatched
+    return ScoredRun(rows, unmatched, per_problem_sums(joined, run.run_id))
 
 
-def evaluate_all(cfg: ReportConfig, storage: Storage) -> list[tuple[list[dict], pa.Table]]:
+def per_problem_sums(joined: Any, run_id: str) -> pl.DataFrame:
+    """The counts per problem that pass@1, completion and think-tag rates are ratios of (none when the run
+    has no samples)."""
+    if joined.samples.height == 0:
+        return pl.DataFrame(schema={c: pl.Int64 for c in PER_PROBLEM_COLUMNS} | {"run_id": pl.String,
+                                                                               "question_id": pl.String})
+    pp = per_problem(joined)
+    return pp.select(pl.lit(run_id).alias("run_id"), pl.col("question_id").cast(pl.String),
+                     *[pl.col(c).cast(pl.Int64) for c in PER_PROBLEM_COLUMNS[2:]])
+
+
+def evaluate_all(cfg: ReportConfig, storage: Storage) -> list[ScoredRun]:
     """Every run of `cfg` (max_tokens resolved) scored: one Ray task per run when Ray is up."""
     opts = ScoreOptions.of(cfg)
     specs = [r.model_dump(mode="json") for r in cfg.runs]

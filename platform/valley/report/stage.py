@@ -13,7 +13,8 @@ import polars as pl
 import pyarrow as pa
 
 from valley import schemas
-from valley.report import agreement, render, scoring
+from valley.manifest import SubsetAudit, read_audit
+from valley.report import agreement, audit_table, render, scoring, significance
 from valley.report.config import ReportConfig
 from valley.stage import StageResult, run_stage
 from valley.storage import Storage
@@ -33,7 +34,11 @@ class ReportResult(StageResult):
     n_runs: int
     n_rows: int
 
-    path_fields: ClassVar[tuple[str, ...]] = ("results", "report_md", "valley_fit", "plots", "unmatched", "agreement")
+    per_problem: str | None = None  # per-problem sums of every run (what the paired tests resample)
+    comparisons: str | None = None  # every tested comparison: difference, interval, p and Holm p, in words
+
+    path_fields: ClassVar[tuple[str, ...]] = ("results", "report_md", "valley_fit", "plots", "unmatched", "agreement",
+                                              "per_problem", "comparisons")
 
 
 def run_report(cfg: ReportConfig, storage: Storage) -> ReportResult:
@@ -42,10 +47,16 @@ def run_report(cfg: ReportConfig, storage: Storage) -> ReportResult:
     return run_stage(storage, STAGE, cfg.name, cfg.config_hash(), ReportResult, lambda out: _report(cfg, storage, out))
 
 
+def read_audits(cfg: ReportConfig, storage: Storage) -> dict[str, SubsetAudit | None]:
+    """Run id -> the label audit of the subset its model trained on, for final runs that name their data."""
+    return {run.run_id: read_audit(storage, run.data, run.data_subset) for run in cfg.runs
+            if run.epoch is None and run.data and run.data_subset}
+
+
 def _report(cfg: ReportConfig, storage: Storage, out: str) -> ReportResult:
     """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
     evaluated = scoring.evaluate_all(cfg, storage)
-    rows = [r for run_rows, _ in evaluated for r in run_rows]
+    rows = [r for scored in evaluated for r in scored.rows]
     agree = agreement.evaluate(cfg, storage)  # None unless a run's samples carry official verdicts
     rows += agree.rows if agree else []
     table = scoring.results_table(cfg, rows)
@@ -54,13 +65,20 @@ def _report(cfg: ReportConfig, storage: Storage, out: str) -> ReportResult:
     fits = scoring.valley_fits(results, cfg)
 
     storage.write_parquet(table, out, "results.parquet", schema=schemas.RESULTS)
-    unmatched = pa.concat_tables([u for _, u in evaluated])
+    unmatched = pa.concat_tables([scored.unmatched for scored in evaluated])
     unmatched_path = None
     if unmatched.num_rows:
         unmatched_path = f"{out}/unmatched.parquet"
         storage.write_parquet(unmatched, out, "unmatched.parquet")
 
-    plot_files, agreement_path = render.write_report(cfg, storage, out, results, fits, agree)
+    per_problem = pl.concat([scored.per_problem for scored in evaluated], how="vertical_relaxed")
+    storage.write_parquet(per_problem.to_arrow(), out, "per_problem.parquet")
+    tested = significance.test_comparisons(cfg, per_problem)
+    storage.write_parquet(significance.comparisons_table(tested), out, "comparisons.parquet")
+    sections = [significance.section(cfg, per_problem, tested),
+                "## Labels the runs trained on (the data stage's audit)",
+                audit_table.audit_section(read_audits(cfg, storage), results)]
+    plot_files, agreement_path = render.write_report(cfg, storage, out, results, fits, agree, sections)
     return ReportResult(
         stage_dir=out,
         results=f"{out}/results.parquet",
@@ -69,6 +87,8 @@ def _report(cfg: ReportConfig, storage: Storage, out: str) -> ReportResult:
         plots=[f"{out}/{p}" for p in plot_files],
         unmatched=unmatched_path,
         agreement=agreement_path,
+        per_problem=f"{out}/per_problem.parquet",
+        comparisons=f"{out}/comparisons.parquet",
         n_runs=len(cfg.runs),
         n_rows=table.num_rows,
     )

@@ -8,9 +8,11 @@ subsets (correct/incorrect, easy/hard ...), grouped by the checkpoint training s
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import polars as pl
 
+from valley.metrics.compute import day_of
 from valley.schemas import VERDICT_VALUES
 
 SCORE_COLUMNS = [
@@ -200,3 +202,60 @@ def fit_table(fits: list[dict]) -> str:
             ]
         )
     return _md(["Model", "From", "Metric", "Points", "Minimum at", "Fit", "Slope after (pts/decade)"], rows)
+
+
+WINDOW_PREFIX = "n_problems/lcb_window="  # metrics/compute.window_rows: the label is in the metric's name
+
+
+def run_windows(results: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per run: the generate filter's window label (None when not recorded), the first and last contest day
+    of the problems evaluated, and how many problems."""
+    out: dict[str, dict[str, Any]] = {r["run_id"]: {"label": None, "dates": None, "n": None}
+                                      for r in runs_frame(results).iter_rows(named=True)}
+    days: dict[tuple[str, str], float] = {}
+    for r in results.select("run_id", "metric", "value").iter_rows(named=True):
+        entry = out.setdefault(r["run_id"], {"label": None, "dates": None, "n": None})
+        if r["metric"].startswith(WINDOW_PREFIX):
+            entry["label"] = r["metric"][len(WINDOW_PREFIX):]
+        elif r["metric"] == "n_problems":
+            entry["n"] = int(r["value"])
+        elif r["metric"] in ("contest_date_first", "contest_date_last"):
+            days[(r["run_id"], r["metric"])] = r["value"]
+    for run_id, entry in out.items():
+        first, last = days.get((run_id, "contest_date_first")), days.get((run_id, "contest_date_last"))
+        if first is not None and last is not None:
+            entry["dates"] = f"{day_of(first)}..{day_of(last)}"
+    return out
+
+
+def window_line(results: pl.DataFrame) -> str:
+    """The report's one-line answer to "which LCB problems": the window all runs share, or a pointer."""
+    windows = list(run_windows(results).values())
+    labels = {w["label"] for w in windows}
+    spans = {(w["dates"], w["n"]) for w in windows}
+    if len(labels) > 1:
+        return "**LCB window:** differs between runs (see \"LCB window and calibration\")."
+    label = next(iter(labels), None) or "not recorded by the generate runs"
+    if len(spans) != 1:
+        return f"**LCB window:** {label}; problems per run in \"LCB window and calibration\"."
+    dates, n = next(iter(spans))
+    evaluated = f"{n if n is not None else '?'} problems" + (f", contest dates {dates}" if dates else "")
+    return f"**LCB window:** {label}; {evaluated}."
+
+
+def calibration_table(results: pl.DataFrame) -> str:
+    """Per run: its LCB window and problems, how often the time limit decided, and the grade stage's
+    re-runs alone (samples killed on the wall clock, graded again with the machine to themselves)."""
+    lookup = _metric_lookup(results)
+    windows = run_windows(results)
+    rows = []
+    for r in runs_frame(results).iter_rows(named=True):
+        rid = r["run_id"]
+        w = windows.get(rid, {})
+        reruns = lookup.get((rid, "n_reruns_alone"))
+        timed_out = lookup.get((rid, "n_reruns_alone/verdict=time_limit"))
+        rows.append([rid, w.get("label") or "–", w.get("dates") or "–", str(w["n"]) if w.get("n") is not None else "–",
+                     fmt_pct(*lookup.get((rid, "timeout_rate"), (None, None, None))),
+                     str(int(reruns[0])) if reruns else "–", str(int(timed_out[0])) if timed_out else "–"])
+    return _md(["Run", "LCB window", "Contest dates", "Problems", "Timeout rate", "Re-run alone",
+                "of which time limit"], rows)

@@ -1,4 +1,5 @@
-"""Micro-batches from the data stage's rows (pure): Arrow columns -> padded int64 tensors, checked.
+"""Micro-batches (pure): the data stage's rows as Arrow columns, or documents packed per step, -> padded
+int64 tensors, checked.
 
 Packed rows all have the data stage's seq_len; unpacked rows (`packing: none`) vary, so a micro-batch
 is right-padded to its longest row, the padding being one more document with no trained tokens.
@@ -6,7 +7,7 @@ is right-padded to its longest row, the padding being one more document with no 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,12 +67,51 @@ def to_micro_batch(batch: pa.Table, *, max_seq_len: int, pad_id: int = 0) -> Mic
     return MicroBatch(t[0], t[1], t[2], row_tokens, [x for ts in trace_ids for x in (ts or [])])
 
 
-def steps(micro_batches: Iterable[MicroBatch], accum: int) -> Iterator[list[MicroBatch]]:
-    """Group micro-batches into optimizer steps; an incomplete last group is not a step (the caller
-    counts those rows as left over for the epoch)."""
+def steps(micro_batches: Iterable[MicroBatch], accum: int, partial: bool = False
+          ) -> Iterator[list[MicroBatch]]:
+    """Group micro-batches into optimizer steps; an incomplete last group is one more (smaller) step when
+    `partial`, else not a step (the plan counts those rows as left over for the epoch)."""
     group: list[MicroBatch] = []
     for mb in micro_batches:
         group.append(mb)
         if len(group) == accum:
             yield group
             group = []
+    if group and partial:
+        yield group
+
+
+@dataclass(frozen=True)
+class Document:
+    """One tokenized trace, cut out of a packed row (`train/documents.py`)."""
+
+    trace_id: str
+    input_ids: np.ndarray  # (n,) integers
+    loss_mask: np.ndarray  # (n,) 0/1
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def from_documents(rows: Sequence[Sequence[Document]], *, width: int, pad_id: int) -> MicroBatch:
+    """One micro-batch of rows, each the concatenation of its documents (position ids restarting at 0 for
+    each) right-padded to `width`; an empty row is all padding, one document with no trained tokens, so a
+    rank without work runs the same shapes as the others."""
+    out = np.zeros((3, len(rows), width), dtype=np.int64)
+    out[0].fill(pad_id)
+    row_tokens, trace_ids = [], []
+    for i, docs in enumerate(rows):
+        at = 0
+        for doc in docs:
+            n = len(doc)
+            if at + n > width:
+                raise InputError(f"documents {[d.trace_id for d in docs][:3]} hold more than {width} tokens",
+                                 field="input_ids")
+            out[0, i, at:at + n], out[1, i, at:at + n] = doc.input_ids, doc.loss_mask
+            out[2, i, at:at + n] = np.arange(n)
+            at += n
+            trace_ids.append(doc.trace_id)
+        out[2, i, at:] = np.arange(width - at)
+        row_tokens.append(at)
+    t = torch.from_numpy(out)
+    return MicroBatch(t[0], t[1], t[2], row_tokens, trace_ids)

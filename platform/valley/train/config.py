@@ -2,7 +2,7 @@
 
 Defaults follow He et al. (2025): global batch 128, lr 8e-5, warmup ratio 0.10, AdamW, 5 epochs, sequences
 up to the data stage's length (32,768 tokens in the paper's configs), loss on assistant tokens only averaged
-per token over the global batch.
+per token over the global batch. What a "batch" counts is `batch_unit` (train/step_arithmetic.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from valley import legacy
 from valley.config import StageConfig
 from valley.errors import ConfigError
+from valley.train.step_arithmetic import BatchUnit, LastStep
 
 
 class TrainConfig(StageConfig):
@@ -25,8 +26,16 @@ class TrainConfig(StageConfig):
 
     # ---- the recipe ----
     epochs: int = Field(default=5, gt=0)
-    global_batch_size: int = Field(default=128, gt=0)  # rows (packed sequences) per optimizer step
-    micro_batch_size: int = Field(default=1, gt=0)  # rows per forward pass per worker
+    global_batch_size: int = Field(default=128, gt=0)  # per optimizer step, in `batch_unit`
+    # What global_batch_size counts: `rows` (packed sequences, a fixed number of micro-batches per step) or
+    # `examples` (documents: each step packs its next N documents into as many rows as they need, and
+    # gradient accumulation follows per step). None: rows, as before the field existed (same config hash).
+    batch_unit: BatchUnit | None = None
+    # An epoch's incomplete last group: `partial` trains it as one smaller step, `drop` leaves it out (it
+    # is reshuffled into the next epoch). None: drop for rows (as before the field existed), partial for
+    # examples.
+    last_step: LastStep | None = None
+    micro_batch_size: int = Field(default=1, gt=0)  # rows per forward pass per worker, in either unit
     learning_rate: float = Field(default=8e-5, gt=0)
     warmup_ratio: float = Field(default=0.10, ge=0, lt=1)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
@@ -38,7 +47,7 @@ class TrainConfig(StageConfig):
     # rows longer than this are an input error; None: the data stage's seq_len (its manifest's)
     max_seq_len: int | None = Field(default=None, gt=8)
     seed: int = 0
-    shuffle: bool = True  # reshuffle the rows every epoch (seeded: a restarted job sees the same order)
+    shuffle: bool = True  # reshuffle rows or examples every epoch (seeded: a restart sees the same order)
 
     # ---- numerics / memory ----
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
@@ -101,11 +110,25 @@ class TrainConfig(StageConfig):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:
-        self.grad_accum_steps()
+        if self.resolved_batch_unit() == "rows":
+            self.grad_accum_steps()
         return self
 
+    def resolved_batch_unit(self) -> BatchUnit:
+        return self.batch_unit or "rows"
+
+    def resolved_last_step(self) -> LastStep:
+        """The configured handling of an epoch's incomplete last group; by default rows keep their old
+        behaviour (drop) and examples see every document every epoch (partial)."""
+        if self.last_step is not None:
+            return self.last_step
+        return "partial" if self.resolved_batch_unit() == "examples" else "drop"
+
     def grad_accum_steps(self) -> int:
-        """global = micro × grad-accum × world; anything that does not divide is a config error."""
+        """Rows unit: global = micro × grad-accum × world; anything that does not divide is a config error.
+        The examples unit has no fixed accumulation (each step runs the micro-batches its documents fill)."""
+        if self.resolved_batch_unit() == "examples":
+            raise ConfigError("batch_unit: examples has no fixed gradient accumulation; it is sized per step")
         per_step = self.micro_batch_size * self.num_workers
         if self.global_batch_size % per_step:
             raise ConfigError(

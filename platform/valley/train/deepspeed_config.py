@@ -1,9 +1,13 @@
 """The DeepSpeed config of a run (pure): ZeRO-3 as the paper-scale default, user overrides merged on top.
 
 Batch sizes are written out explicitly (micro × grad-accum × world = global) so DeepSpeed's own check
-agrees with ours. The optimizer is a torch AdamW that the loop passes as a client optimizer (ZeRO accepts
-it with `zero_allow_untested_optimizer`), on GPU and CPU alike; only with `offload_optimizer` does
-DeepSpeed build its own (CPU Adam over the offloaded state).
+agrees with ours. With `batch_unit: examples` a step's micro-batches vary, so the config states one
+micro-batch per step; the loop marks each step's end itself (`set_gradient_accumulation_boundary`),
+which DeepSpeed then follows instead of its count.
+
+The optimizer is a torch AdamW that the loop passes as a client optimizer (ZeRO accepts it with
+`zero_allow_untested_optimizer`), on GPU and CPU alike; only with `offload_optimizer` does DeepSpeed build
+its own (CPU Adam over the offloaded state).
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ def uses_ds_optimizer(cfg: TrainConfig) -> bool:
 
 
 def build_ds_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
-    accum = cfg.grad_accum_steps()
-    if cfg.micro_batch_size * accum * world_size != cfg.global_batch_size:
+    if world_size != cfg.num_workers:
         raise ValueError(f"world size {world_size} does not match num_workers={cfg.num_workers}")
+    if cfg.resolved_batch_unit() == "rows":
+        accum, train_batch = cfg.grad_accum_steps(), cfg.global_batch_size
+    else:
+        accum, train_batch = 1, cfg.micro_batch_size * world_size
     bf16 = cfg.resolved_precision() == "bf16"
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if cfg.zero_stage >= 2:
@@ -50,7 +57,7 @@ def build_ds_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     if cfg.offload_params and cfg.zero_stage == 3:
         zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
     ds: dict[str, Any] = {
-        "train_batch_size": cfg.global_batch_size,
+        "train_batch_size": train_batch,
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": accum,
         "gradient_clipping": cfg.max_grad_norm,

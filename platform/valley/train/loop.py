@@ -4,6 +4,12 @@ One loop for GPU and CPU: DeepSpeed (ZeRO-3 by default) over whatever process gr
 NCCL on GPUs, gloo on CPU, where DeepSpeed's CPU accelerator runs the same ZeRO-3 code. The loss is the sum
 of per-token cross-entropies over trained (assistant) tokens divided by the number of such tokens in the
 whole global batch, which every rank learns with one all-reduce before the step's first backward.
+
+A step's micro-batches come from Ray Data (`batch_unit: rows`) or from the rank's own read of the
+documents the step packs (`examples`, train/example_feed.py). Their number may change from step to step
+(a smaller last step; an examples step's documents fill as many rows as they need), so the loop marks the
+gradient-accumulation boundary itself, at each step's last micro-batch, rather than leaving DeepSpeed
+to count a fixed number of micro-batches.
 """
 
 from __future__ import annotations
@@ -156,18 +162,22 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
 
 def _train_step(engine: Any, group: list[MicroBatch], cfg: TrainConfig, spec: EngineSpec, world: int,
                 device: torch.device, model_config: Any) -> dict[str, float]:
-    """One optimizer step over `accum` micro-batches; returns the global metrics of the step."""
+    """One optimizer step over this rank's micro-batches of the step (the same number on every rank);
+    returns the global metrics of the step."""
     t0 = time.perf_counter()
     targets = [_targets(mb) for mb in group]
     local_n = float(sum(int((t != IGNORE).sum()) for t in targets))
     local_tokens = float(sum(mb.n_tokens for mb in group))
+    local_examples = float(sum(len(mb.trace_ids) for mb in group))
     docs = [n for mb in group for n in doc_lengths_of(mb.position_ids.numpy(), mb.row_tokens)]
     local_flops = train_flops(model_config, docs, head_tokens=int(local_n))
-    (n_global,) = _all_sum([local_n], device)
+    n_global, n_examples = _all_sum([local_n, local_examples], device)
     dtype = torch.bfloat16 if cfg.resolved_precision() == "bf16" else torch.float32
     lr = engine.lr_scheduler.get_last_lr()[0]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for mb, tgt in zip(group, targets, strict=True):
+    for i, (mb, tgt) in enumerate(zip(group, targets, strict=True)):
+        # the step ends here, whatever DeepSpeed's configured accumulation says (see the module doc)
+        engine.set_gradient_accumulation_boundary(i == len(group) - 1)
         kwargs = model_inputs(mb.input_ids.to(device), mb.position_ids.to(device), spec.attn_implementation,
                               dtype)
         s = engine(targets=tgt.to(device), **kwargs)
@@ -187,6 +197,7 @@ def _train_step(engine: Any, group: list[MicroBatch], cfg: TrainConfig, spec: En
         "lr": lr,
         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
         "loss_tokens": n_global,
+        "examples": n_examples,
         "tokens": g_tokens,
         "step_time_s": step_time,
         "tokens_per_s": g_tokens / step_time if step_time > 0 else 0.0,
@@ -325,24 +336,39 @@ class _Training:
         self._finish()
 
     def _micro_batches(self, epoch: int) -> Iterator[MicroBatch]:
-        """This rank's shard of the epoch's dataset, as micro-batches in the planned order."""
+        """This rank's shard of the epoch's dataset, as micro-batches in the planned order (a smaller last
+        one only when the epoch's last step is kept)."""
         import ray.train
 
         cfg, plan = self.worker.cfg, self.worker.plan
         shard = ray.train.get_dataset_shard(epoch_dataset_name(epoch))
-        it = shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="pyarrow", drop_last=True,
-                                prefetch_batches=2)
+        it = shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="pyarrow",
+                                drop_last=cfg.resolved_last_step() == "drop", prefetch_batches=2)
         return (to_micro_batch(b.select(TRAIN_COLUMNS), max_seq_len=plan.max_seq_len, pad_id=plan.pad_id)
                 for b in it)
 
+    def _steps(self, epoch: int, in_epoch: int) -> Iterator[tuple[int, list[MicroBatch]]]:
+        """(index in the epoch, this rank's micro-batches) of the epoch's steps from `in_epoch` on (the
+        earlier ones were trained before a restart: same order, skipped)."""
+        w = self.worker
+        if w.plan.unit == "examples":
+            from valley.train.example_feed import rank_steps
+
+            self.worker.hb.beat("train_step", f"reading this rank's documents of epoch {epoch + 1}")
+            yield from rank_steps(w.plan, w.cfg, epoch, in_epoch, w.rank, w.world)
+            return
+        assert w.plan.accum is not None
+        partial = w.cfg.resolved_last_step() == "partial"
+        for i, group in enumerate(steps(self._micro_batches(epoch), w.plan.accum, partial)):
+            if i >= in_epoch:
+                yield i, group
+
     def _run_epoch(self, epoch: int, in_epoch: int) -> None:
-        """The steps of one epoch from `in_epoch` on (the earlier ones were trained before a restart: same
-        order, skipped); a shard that runs out early fails the run rather than shifting later epochs."""
+        """The steps of one epoch from `in_epoch` on; a shard that runs out early fails the run rather than
+        shifting later epochs."""
         w, s = self.worker, self.setup
         steps_per_epoch, total_steps = w.plan.steps_per_epoch, w.plan.total_steps
-        for i, group in enumerate(steps(self._micro_batches(epoch), w.plan.accum)):
-            if i < in_epoch:
-                continue
+        for i, group in self._steps(epoch, in_epoch):
             metrics = _train_step(s.engine, group, w.cfg, s.spec, w.world, w.device, s.model_config)
             self._record(metrics, epoch + (i + 1) / steps_per_epoch)
             self._checkpoint_or_report(metrics)

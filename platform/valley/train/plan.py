@@ -2,7 +2,8 @@
 
 Everything that can be wrong with the inputs — an unfinished data stage, a missing subset, shards with the
 wrong columns, rows longer than the config allows, too little data for one global batch — fails here with
-the file and field named, instead of minutes later inside a worker.
+the file and field named, instead of minutes later inside a worker. With `batch_unit: examples` the plan
+also indexes every document's length (train/documents.py), from which every rank derives the same steps.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from valley.errors import ConfigError, InputError
 from valley.manifest import Manifest
 from valley.storage import SUCCESS, Storage
 from valley.train.config import TrainConfig
+from valley.train.documents import DocumentIndex, index_documents
+from valley.train.step_arithmetic import StepCounts, step_counts
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,38 @@ class TrainPlan:
     seq_len: int  # what the data stage packed to
     max_seq_len: int  # longest row a micro-batch may hold: the config's, else the data's seq_len
     pad_id: int  # the data stage's padding token (its manifest's pad_id)
-    accum: int
+    accum: int | None  # rows unit: micro-batches per worker in a full step; examples: None (sized per step)
     steps_per_epoch: int
     total_steps: int
     rows_left_over_per_epoch: int
+    examples: int  # documents (traces) in the subset: the examples of one epoch
+    counts: StepCounts  # the epoch's step arithmetic in the run's batch unit
+    packed: bool  # the data stage packed several documents a row (else `packing: none`)
+    documents: DocumentIndex | None  # examples unit: every document's length, in shard order
     model_uri: str
     tokenizer_uri: str
     storage_root: str
     out_dir: str
     config_hash: str
+
+    @property
+    def row_len(self) -> int:
+        """What the examples unit packs each step's documents to: the data stage's row length."""
+        return self.seq_len or self.max_seq_len
+
+    @property
+    def unit(self) -> str:
+        return self.counts.unit
+
+    def examples_per_step(self) -> float:
+        """Mean examples per step over an epoch (a rows run: its rows' share of the documents)."""
+        if self.counts.unit == "examples":
+            return self.counts.mean_per_step()
+        return self.counts.per_step_of(self.examples)
+
+    def tokens_per_step(self) -> float:
+        """Mean tokens per step over an epoch."""
+        return self.counts.per_step_of(self.tokens)
 
 
 # column -> (is a list, check of the (value) type)
@@ -111,23 +137,32 @@ def plan_run(cfg: TrainConfig, storage: Storage, out_dir: str) -> TrainPlan:
     names = data_st.list(*shard_parts, suffix=".parquet")
     if not names:
         raise InputError("no tokenized shards", file=data_st.uri(*shard_parts))
-    files, rows, tokens, loss_tokens = [], 0, 0, 0
+    files, rows, tokens, loss_tokens, examples = [], 0, 0, 0, 0
     for name in names:
         uri, path = data_st.uri(*shard_parts, name), data_st.path(*shard_parts, name)
         schema = pq.read_schema(path, filesystem=data_st.fs)
         _check_schema(schema, uri)
-        counts = pq.read_table(path, columns=[c for c in ("n_tokens", "n_loss_tokens") if c in schema.names],
-                               filesystem=data_st.fs)
+        wanted = [c for c in ("n_tokens", "n_loss_tokens") if c in schema.names]
+        table = pq.read_table(path, columns=[*wanted, "n_docs" if "n_docs" in schema.names else "trace_ids"],
+                              filesystem=data_st.fs)
         files.append(uri)
-        rows += counts.num_rows
-        tokens += int(pc.sum(counts.column("n_tokens")).as_py() or 0)
-        if "n_loss_tokens" in counts.column_names:
-            loss_tokens += int(pc.sum(counts.column("n_loss_tokens")).as_py() or 0)
-    world, accum = cfg.num_workers, cfg.grad_accum_steps()
-    steps_per_epoch = (rows // world) // cfg.micro_batch_size // accum
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{rows} rows in subset {cfg.subset!r} are fewer than one global batch of "
-                          f"{cfg.global_batch_size}; lower global_batch_size or use more data")
+        rows += table.num_rows
+        tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
+        if "n_loss_tokens" in table.column_names:
+            loss_tokens += int(pc.sum(table.column("n_loss_tokens")).as_py() or 0)
+        docs = table.column("n_docs") if "n_docs" in table.column_names else \
+            pc.list_value_length(table.column("trace_ids"))
+        examples += int(pc.sum(docs).as_py() or 0)
+    unit, last_step = cfg.resolved_batch_unit(), cfg.resolved_last_step()
+    documents = index_documents(files, seq_len or max_seq_len) if unit == "examples" else None
+    if documents is not None:
+        examples = len(documents.lengths)
+    counts = step_counts(unit, last_step, rows=rows, examples=examples, global_batch=cfg.global_batch_size,
+                         micro=cfg.micro_batch_size, world=cfg.num_workers)
+    if counts.steps_per_epoch == 0:
+        raise ConfigError(f"{counts.units} {unit} in subset {cfg.subset!r} are fewer than one global batch "
+                          f"of {cfg.global_batch_size}; lower global_batch_size, use more data or set "
+                          "last_step: partial")
     tokenizer_parts = (*parts, "tokenizer")
     if not data_st.exists(*tokenizer_parts):
         raise ConfigError(f"{data_uri} has no tokenizer/ directory")
@@ -139,10 +174,14 @@ def plan_run(cfg: TrainConfig, storage: Storage, out_dir: str) -> TrainPlan:
         seq_len=seq_len,
         max_seq_len=max_seq_len,
         pad_id=manifest.pad_id if manifest.pad_id is not None else _saved_tokenizer_pad(data_st, tokenizer_parts),
-        accum=accum,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=steps_per_epoch * cfg.epochs,
-        rows_left_over_per_epoch=rows - steps_per_epoch * cfg.global_batch_size,
+        accum=cfg.grad_accum_steps() if unit == "rows" else None,
+        steps_per_epoch=counts.steps_per_epoch,
+        total_steps=counts.steps_per_epoch * cfg.epochs,
+        rows_left_over_per_epoch=counts.left_over if unit == "rows" else 0,
+        examples=examples,
+        counts=counts,
+        packed=manifest.packing != "none",
+        documents=documents,
         model_uri=resolve_model(storage, cfg.model),
         tokenizer_uri=data_st.uri(*tokenizer_parts),
         storage_root=storage.root,

@@ -42,11 +42,27 @@ class TrainResult(StageResult):
     steps: int
     steps_per_epoch: int
     rows: int
-    rows_left_over_per_epoch: int  # rows past the last full global batch of an epoch (reshuffled next epoch)
+    rows_left_over_per_epoch: int  # rows of an epoch no step trains (reshuffled next epoch)
     tokens_per_epoch: int
     final_loss: float | None = None
+    # what global_batch_size counted and what became of an epoch's incomplete last group (markers written
+    # before these fields existed were rows runs that dropped it)
+    batch_unit: str = "rows"
+    last_step: str = "drop"
+    examples: int | None = None  # documents (traces) per epoch
+    examples_per_step: float | None = None  # mean over an epoch's steps
+    tokens_per_step: float | None = None  # mean over an epoch's steps
+    last_step_size: int = 0  # rows or examples (the unit) in each epoch's smaller last step; 0: none
+    examples_left_over_per_epoch: int = 0  # examples unit with last_step: drop
 
     path_fields: ClassVar[tuple[str, ...]] = ("model_dir", "epoch_model_dirs", "checkpoints_dir", "metrics_path")
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens the run's optimizer steps went through (padding aside): the report's compute axis."""
+        if self.tokens_per_step is not None:
+            return int(round(self.tokens_per_step * self.steps))
+        return int(round(self.tokens_per_epoch * self.steps / max(self.steps_per_epoch, 1)))
 
 def epoch_datasets(cfg: TrainConfig, files: tuple[str, ...]) -> dict[str, Any]:
     """One lazily read dataset per epoch, each shuffled with its own seed: deterministic, so a restarted run
@@ -63,6 +79,8 @@ def epoch_datasets(cfg: TrainConfig, files: tuple[str, ...]) -> dict[str, Any]:
 
 
 def build_trainer(cfg: TrainConfig, storage: Storage, out: str, plan: TrainPlan, board: Any = None) -> Any:
+    """Ray Train's TorchTrainer for the run; rows come through Ray Data, while an examples run's workers
+    read their own documents (train/example_feed.py), so it has no datasets."""
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -86,8 +104,9 @@ def build_trainer(cfg: TrainConfig, storage: Storage, out: str, plan: TrainPlan,
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if cfg.use_gpu else "cpu",
                                              "TOKENIZERS_PARALLELISM": "false"}},
         ),
-        datasets=epoch_datasets(cfg, plan.files),
-        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+        **({"datasets": epoch_datasets(cfg, plan.files),
+            "dataset_config": DataConfig(execution_options=ExecutionOptions(preserve_order=True))}
+           if plan.unit == "rows" else {}),
     )
 
 
@@ -179,7 +198,9 @@ def run_train(cfg: TrainConfig, storage: Storage) -> TrainResult:
 def _train(cfg: TrainConfig, storage: Storage, h: str, out: str) -> TrainResult:
     """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
     plan = plan_run(cfg, storage, out)
-    _check_cpus_left_for_data(cfg)
+    print(f"[valley.train] {describe_steps(plan)}", flush=True)
+    if plan.unit == "rows":
+        _check_cpus_left_for_data(cfg)
     _fit_watched(cfg, storage, out, plan)
     epoch_dirs = {cfg.epochs: "model"}
     if cfg.export_every_epoch:
@@ -202,4 +223,24 @@ def _train(cfg: TrainConfig, storage: Storage, h: str, out: str) -> TrainResult:
         rows_left_over_per_epoch=plan.rows_left_over_per_epoch,
         tokens_per_epoch=plan.tokens,
         final_loss=history[-1]["loss"] if history else None,
+        **step_report(plan),
     )
+
+
+def describe_steps(plan: TrainPlan) -> str:
+    """One line on what a step is and what becomes of an epoch's incomplete last group."""
+    c = plan.counts
+    last = (f"a last step of {c.last_step_units} {c.unit}" if c.last_step_units else
+            f"{c.left_over} {c.unit} left over per epoch" if c.left_over else "no incomplete last step")
+    return (f"{c.units} {c.unit} per epoch in {c.steps_per_epoch} steps of {c.per_step} ({last}), "
+            f"{plan.total_steps} steps in all; per step {plan.examples_per_step():,.1f} examples and "
+            f"{plan.tokens_per_step():,.0f} tokens on average")
+
+
+def step_report(plan: TrainPlan) -> dict[str, Any]:
+    """The run's batch unit and step sizes as the result reports them."""
+    counts = plan.counts
+    return {"batch_unit": counts.unit, "last_step": counts.last_step, "examples": plan.examples,
+            "examples_per_step": round(plan.examples_per_step(), 3),
+            "tokens_per_step": round(plan.tokens_per_step(), 1), "last_step_size": counts.last_step_units,
+            "examples_left_over_per_epoch": counts.left_over if counts.unit == "examples" else 0}
