@@ -238,3 +238,21 @@ def lcb_run_tables(path: Path) -> tuple[list[dict], pa.Table, pa.Table, pa.Table
             verdict = "pass" if ok else "no_code" if not code.strip() else LCB_ERROR_VERDICTS.get(err, "runtime_error")
             v_rows.append({"question_id": r["question_id"], "sample_idx": i, "verdict": verdict})
     return records, pa.Table.from_pylist(s_rows), pa.Table.from_pylist(v_rows), pa.Table.from_pylist(p_rows)
+
+
+def unpacked_loss(model: Any, docs: list[dict]) -> tuple[Any, int]:
+    """The reference loss of plain transformers on unpacked documents: token losses summed over every
+    document's trained tokens, divided by their count (what the trainer's packed step must equal); and
+    that count."""
+    import torch
+
+    from valley.train.packing_attention import IGNORE
+
+    total, count = torch.zeros(()), 0
+    for d in docs:
+        ids = torch.tensor([d["input_ids"]])
+        labels = ids.masked_fill(torch.tensor([d["loss_mask"]]) == 0, IGNORE)
+        n = int((labels[:, 1:] != IGNORE).sum())
+        total = total + model(input_ids=ids, labels=labels).loss * n
+        count += n
+    return total / count, count

@@ -12,11 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fixtures import build_data_dir
+from fixtures import build_data_dir, unpacked_loss
 from valley.errors import ConfigError
 from valley.train.config import TrainConfig
 from valley.train.example_steps import epoch_groups, epoch_layouts, layout_step, pack_lengths
-from valley.train.packing_attention import IGNORE
 from valley.train.step_arithmetic import example_steps, row_steps, step_counts
 
 # ---------------------------------------------------------------- step arithmetic (pure)
@@ -190,14 +189,7 @@ def _reference_losses(model_dir, groups: list[list[dict]], cfg: TrainConfig) -> 
     losses, counts = [], []
     for group in groups:
         opt.zero_grad()
-        total, count = torch.zeros(()), 0
-        for d in group:
-            ids = torch.tensor([d["input_ids"]])
-            labels = ids.masked_fill(torch.tensor([d["loss_mask"]]) == 0, IGNORE)
-            n = int((labels[:, 1:] != IGNORE).sum())
-            total = total + model(input_ids=ids, labels=labels).loss * n
-            count += n
-        loss = total / count
+        loss, count = unpacked_loss(model, group)
         loss.backward()
         if cfg.max_grad_norm > 0:  # ZeRO's rule: divide by (norm + 1e-6) / max_norm when that exceeds 1
             norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import build_data_dir
-from valley.train.packing_attention import IGNORE
+from fixtures import build_data_dir, unpacked_loss
 
 
 def _reference_step0(model_dir, docs):
@@ -18,14 +17,7 @@ def _reference_step0(model_dir, docs):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    total, count = torch.zeros(()), 0
-    for d in docs:
-        ids = torch.tensor([d["input_ids"]])
-        labels = ids.masked_fill(torch.tensor([d["loss_mask"]]) == 0, IGNORE)
-        n = int((labels[:, 1:] != IGNORE).sum())
-        total = total + model(input_ids=ids, labels=labels).loss * n
-        count += n
-    loss = total / count
+    loss, _ = unpacked_loss(model, docs)
     loss.backward()
     grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))
     return float(loss), float(grad_norm), model
