@@ -30,15 +30,17 @@ RESULTS = pl.DataFrame({"run_id": ["s-base", "s-r100", "s-r400", "s-r900"], "met
 
 def test_points_take_tokens_and_hours_from_the_training_cost_rows(tmp_path):
     ledger = CostLedger(Storage(str(tmp_path)), "e")
-    ledger.record("train", "e-s-r100", 3600.0, 2.0, 0.0, False, trained_tokens=50_000)
-    ledger.record("train", "e-s-r400", 7200.0, 2.0, 0.0, False, trained_tokens=200_000)
+    ledger.record("train", "e-s-r100", 3600.0, 2.0, 0.0, False,
+                  {"trained_tokens": 50_000, "steps": 10, "batch_unit": "examples", "examples_per_step": 10.0,
+                   "tokens_per_step": 5_000.0})
+    ledger.record("train", "e-s-r400", 7200.0, 2.0, 0.0, False, {"trained_tokens": 200_000})
     ledger.record("generate", "e-s-r100", 60.0, 1.0, 0.0, False)
     points = compute_axis.compute_points(_cfg(ledger.rows()), RESULTS)
     assert [(p["run_id"], p["trained_tokens"], p["core_hours"]) for p in points] == [
         ("s-r100", 50_000, 2.0), ("s-r400", 200_000, 4.0)]
     assert compute_axis.hours_axis(points) == ("core_hours", "core-hours (train; no GPUs)")
     table = compute_axis.compute_table(points)
-    assert "200,000" in table and "core-hours" in table
+    assert "200,000" in table and "core-hours" in table and "| 10 | examples | 10 | 5,000 |" in table
     png = compute_axis.compute_figure(points, {"s": 0.2})
     assert Image.open(io.BytesIO(png)).size[0] > 400
 

@@ -34,7 +34,9 @@ class CostLedger:
             self.records = {f"{r['stage']}/{r['run']}": r for r in storage.read_json(*self.parts)}
 
     def record(self, stage: str, run: str, wall_s: float, cpus: float, gpus: float, skipped: bool,
-               trained_tokens: int | None = None) -> None:
+               facts: dict[str, Any] | None = None) -> None:
+        """One stage run's cost; `facts`: what the stage adds about the work done (a train run's trained
+        tokens, steps and their size)."""
         key = f"{stage}/{run}"
         with self._lock:
             if skipped and key in self.records:
@@ -42,7 +44,7 @@ class CostLedger:
             self.records[key] = {"stage": stage, "run": run, "wall_s": round(wall_s, 2),
                                  "core_s": round(wall_s * cpus, 1), "gpu_s": round(wall_s * gpus, 1),
                                  "cpus": cpus, "gpus": gpus, "timed_when_skipped": skipped,
-                                 **({"trained_tokens": trained_tokens} if trained_tokens is not None else {})}
+                                 **(facts or {})}
             self.storage.write_json(list(self.records.values()), *self.parts)
 
     def rows(self) -> list[dict[str, Any]]:
@@ -70,8 +72,9 @@ def timed(stage: str, cfg: Any, storage: Storage, run: Callable[[Any, Storage], 
     result = (run or registry.stage(stage).run_function())(cfg, storage)
     if _ACTIVE is not None:
         cpus, gpus = reserved(stage, cfg)
+        facts = result.cost_facts() if hasattr(result, "cost_facts") else None
         _ACTIVE.record(stage, cfg.name or stage, time.perf_counter() - t0, cpus, gpus,
-                       bool(getattr(result, "skipped", False)), getattr(result, "trained_tokens", None))
+                       bool(getattr(result, "skipped", False)), facts)
     return result
 
 

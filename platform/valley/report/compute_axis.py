@@ -29,6 +29,8 @@ def compute_points(cfg: ReportConfig, results: pl.DataFrame, metric: str = "pass
             continue
         points.append({"run_id": run.run_id, "model": run.model, "subset": run.subset, "checkpoint": run.checkpoint,
                        "data_size": run.data_size, "trained_tokens": cost.get("trained_tokens"),
+                       "steps": cost.get("steps"), "batch_unit": cost.get("batch_unit"),
+                       "examples_per_step": cost.get("examples_per_step"), "tokens_per_step": cost.get("tokens_per_step"),
                        "gpu_hours": cost["gpu_s"] / 3600, "core_hours": cost["core_s"] / 3600,
                        "value": scores[run.run_id]})
     return points
@@ -45,9 +47,15 @@ def compute_table(points: list[dict[str, Any]]) -> str:
     if not points:
         return "_No trained run has a cost row (runs made outside `valley run`): no compute axis._"
     field, title = hours_axis(points)
-    rows = [[p["model"], p["run_id"], f"{p['data_size']:,}", f"{p['trained_tokens']:,}" if p["trained_tokens"] else "–",
+    rows = [[p["model"], p["run_id"], f"{p['data_size']:,}", _count(p["steps"]), p["batch_unit"] or "–",
+             _count(p["examples_per_step"]), _count(p["tokens_per_step"]), _count(p["trained_tokens"]),
              f"{p[field]:,.3f}", f"{p['value'] * 100:.1f}"] for p in points]
-    return _md(["Student", "Run", "Traces", "Trained tokens", title, "pass@1"], rows)
+    return _md(["Student", "Run", "Traces", "Steps", "Batch unit", "Examples/step", "Tokens/step", "Trained tokens",
+                title, "pass@1"], rows)
+
+
+def _count(x: float | None) -> str:
+    return "–" if x is None else f"{x:,.0f}"
 
 
 def compute_figure(points: list[dict[str, Any]], base_values: dict[str, float]) -> bytes | None:

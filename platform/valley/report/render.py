@@ -51,9 +51,10 @@ def render_markdown(cfg: ReportConfig, results: pl.DataFrame, fits: list[dict], 
         "### Against compute",
         *[f"![{f}]({f})" for f in plot_files if f == COMPUTE_PLOT],
         compute_axis.compute_table(compute_axis.compute_points(cfg, results)),
-        "Trained tokens: the tokens the run's optimizer steps went through; hours: the train stage's wall time × "
-        "what it held (the cost table below). A run continued from another's checkpoint counts its own training "
-        "only.",
+        "Steps, batch unit, examples and tokens per step: the recipe as the train stage ran it (`batch_unit`: what "
+        "`global_batch_size` counted). Trained tokens: the tokens its optimizer steps went through; hours: the "
+        "train stage's wall time × what it held (the cost table below). A run continued from another's "
+        "checkpoint counts its own training only.",
         "## Verdict mix (share of responses)",
         tables.verdict_table(results),
         "## LCB window and calibration",

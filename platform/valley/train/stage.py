@@ -64,6 +64,11 @@ class TrainResult(StageResult):
             return int(round(self.tokens_per_step * self.steps))
         return int(round(self.tokens_per_epoch * self.steps / max(self.steps_per_epoch, 1)))
 
+    def cost_facts(self) -> dict[str, Any]:
+        """What the cost table keeps beside a training run's time: the recipe as run (for the report)."""
+        return {"trained_tokens": self.trained_tokens, "steps": self.steps, "batch_unit": self.batch_unit,
+                "examples_per_step": self.examples_per_step, "tokens_per_step": self.tokens_per_step}
+
 def epoch_datasets(cfg: TrainConfig, files: tuple[str, ...]) -> dict[str, Any]:
     """One lazily read dataset per epoch, each shuffled with its own seed: deterministic, so a restarted run
     sees the same order and can skip what it already trained on."""
