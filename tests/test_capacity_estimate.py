@@ -121,6 +121,10 @@ def test_cli_plan_json_and_run_plan_gate(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     assert printed["assumptions"]["mfu"] == 0.5 and printed["all_fit"]
+    power = printed["power"]["comparisons"]  # the power table comes along, one row per comparison
+    assert {r["comparison"] for r in power} == {"valley: random vs base", "RQ2: trace correctness",
+                                                 "RQ3: question difficulty"}
+    assert all(0 < r["detectable_models"] < r["detectable_recipes"] for r in power)
     # `valley run --plan` prints the plan and stops before any work when a run cannot fit
     code = main(["run", PAPER, "--plan", "--set", "train.attn_implementation=eager", "--storage", str(tmp_path)])
     assert code == 3

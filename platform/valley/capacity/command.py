@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from valley.capacity.assumptions import Assumptions
 
@@ -46,19 +46,27 @@ def plan_from_args(args: argparse.Namespace) -> StudyEstimate:
 
 
 def print_plan(plan: StudyEstimate, args: argparse.Namespace, as_json: bool = False) -> None:
+    """The capacity plan and the power table: as text, or both in one JSON object (also to --plan-json)."""
+    from dataclasses import asdict
+
+    from valley.capacity import power_table
     from valley.capacity.render import render_plan
 
-    data = plan.as_dict()
+    rows, assumptions, detect = power_rows_of(plan, args)
+    data = {**plan.as_dict(), "power": {"assumptions": asdict(assumptions), "detect": detect,
+                                        "comparisons": [asdict(r) for r in rows]}}
     if args.plan_json:
         Path(args.plan_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.plan_json).write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps(data, indent=2) if as_json else render_plan(plan), flush=True)
-    if not as_json:
-        print(power_text(plan, args), flush=True)
+    if as_json:
+        print(json.dumps(data, indent=2), flush=True)
+    else:
+        print(render_plan(plan), flush=True)
+        print(power_table.render(rows, assumptions, detect), flush=True)
 
 
-def power_text(plan: StudyEstimate, args: argparse.Namespace) -> str:
-    """The power table of the study's comparisons, for the problems the plan counted."""
+def power_rows_of(plan: StudyEstimate, args: argparse.Namespace) -> tuple[list[Any], Any, float | None]:
+    """The power table's rows for the spec's comparisons, the assumptions and the `--detect` target."""
     from dataclasses import replace
 
     from valley.capacity import power_table
@@ -71,5 +79,4 @@ def power_text(plan: StudyEstimate, args: argparse.Namespace) -> str:
     if getattr(args, "base_pass", None) is not None:
         assumptions = replace(assumptions, base_pass=args.base_pass)
     detect = args.detect / 100 if getattr(args, "detect", None) is not None else None
-    rows = power_table.power_rows(spec, plan_study(spec), problems, assumptions, detect)
-    return power_table.render(rows, assumptions, detect)
+    return power_table.power_rows(spec, plan_study(spec), problems, assumptions, detect), assumptions, detect
