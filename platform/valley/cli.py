@@ -20,6 +20,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or embedded)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the embedded Ray (default: all)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    p.add_argument("--wait", action="store_true", help="when another process is writing a stage run this one "
+                   "needs, wait for it instead of stopping (sets $VALLEY_LEASE_WAIT)")
 
 
 def _add_stage_parsers(sub: Any) -> None:
@@ -182,6 +184,10 @@ OFF_RAY = {"demo": _demo, "plan": _plan, "doctor": _doctor, "status": _status}
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "wait", False):
+        from valley.lease import WAIT_ENV
+
+        os.environ[WAIT_ENV] = "1"
     try:
         if args.command in OFF_RAY:
             return OFF_RAY[args.command](args)

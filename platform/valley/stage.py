@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel
 
 from valley import legacy
+from valley.lease import StageLease
 from valley.storage import SUCCESS, Storage, stage_dir
 
 __all__ = ["StageResult", "located", "run_stage"]
@@ -59,16 +60,20 @@ class StageResult(BaseModel):
 def run_stage(storage: Storage, stage: str, name: str, config_hash: str, result_type: type[R],
               body: Callable[[str], R]) -> R:
     """Run `body(stage_dir)` once per config: a finished run with this hash is returned (skipped=True);
-    otherwise the temporaries a killed run left under the stage directory (and a marker with another hash)
-    are removed, the body runs, and the marker is written last, so a body that raises leaves no marker."""
+    otherwise, holding the stage run's lease (a second writer waits or stops, naming the first), the
+    temporaries a killed run left under the stage directory (and a marker with another hash) are removed,
+    the body runs, and the marker is written last, so a body that raises leaves no marker."""
     out = stage_dir(stage, name, config_hash)
     if storage.is_complete(out, config_hash):
         return result_type.finished(storage.success_summary(out), out)
-    storage.clean_temporaries(out)
-    storage.remove(out, SUCCESS)  # another config's marker (same 12-digit prefix) must not outlive a partial run
-    result = body(out)
-    storage.mark_success(out, config_hash, result.summary())
-    return result
+    with StageLease(storage, out).acquire():  # one writer: a second one waits or stops (valley/lease.py)
+        if storage.is_complete(out, config_hash):  # finished by the writer we waited for
+            return result_type.finished(storage.success_summary(out), out)
+        storage.clean_temporaries(out)
+        storage.remove(out, SUCCESS)  # another config's marker (same 12-digit prefix) must not outlive a partial run
+        result = body(out)
+        storage.mark_success(out, config_hash, result.summary())
+        return result
 
 
 def located(result: Any, storage: Storage) -> Any:
