@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from valley.capacity.render import _table
 from valley.metrics import power
 from valley.report.config import ComparisonRuns
 from valley.report.significance import Cell, cells_of, label, planned_comparisons
@@ -90,12 +91,10 @@ def render(rows: list[PowerRow], assumptions: power.Assumptions, detect: float |
              "/".join(str(n) if n < UNTRAINED_SEEDS else "-" for n in r.seeds),
              f"{r.detectable_models * 100:.1f} pt", f"{r.detectable_recipes * 100:.1f} pt", f"{r.false_alarms:.0%}",
              *([r.needs] if detect is not None else [])] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head, *body]]
     target = f"; --detect {detect * 100:g} points" if detect is not None else ""
     return "\n".join([
         f"Power (pass@1, paired test, α = 0.05, 80% power; base pass@1 {assumptions.base_pass:.0%}{target}):",
-        *lines,
+        _table(head, body),
         "detectable (models): the smallest difference the report's test finds between these trained models "
         "(problems and samples vary);",
         f"detectable (recipes): between the recipes, counting a training seed's own spread "

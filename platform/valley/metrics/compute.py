@@ -124,7 +124,10 @@ def _ratio_rows(specs: list[tuple[str, np.ndarray, np.ndarray]], n_boot: int, se
     return [_row(name, point[j], lo[j], hi[j]) for j, (name, _, _) in enumerate(specs)]
 
 
-def _core_specs(pp: pl.DataFrame, suffix: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def core_ratio_specs(pp: pl.DataFrame, suffix: str = "") -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, numerator, denominator) per problem of pass@1, completion rate and think-tag rate, in that
+    order, from per-problem sums (`per_problem`'s n, c, completed, n_with_finish, think): the one
+    definition the run metrics and the report's paired tests share."""
     n = pp["n"].to_numpy().astype(np.float64)
     return [
         (f"pass@1{suffix}", pass_at_1(n, pp["c"].to_numpy()), np.ones_like(n)),
@@ -150,7 +153,7 @@ def _metric_rows(
     c = pp["c"].to_numpy()
     nf = n.astype(np.float64)
     ones = np.ones_like(nf)
-    specs = _core_specs(pp, "")
+    specs = core_ratio_specs(pp, "")
     # pass@k only where every problem has at least k samples: otherwise no unbiased estimate exists.
     specs += [(f"pass@{k}", pass_at_k(n, c, k), ones) for k in sorted(set(ks)) if k > 1 and n.min() >= k]
     tokens_known = pp["n_with_tokens"].to_numpy().astype(np.float64)
@@ -171,7 +174,7 @@ def _metric_rows(
         for value in sorted(pp[dim].unique().to_list()):
             sub = pp.filter(pl.col(dim) == value)
             suffix = f"/{dim}={value}"
-            rows += _ratio_rows(_core_specs(sub, suffix), n_boot, seed)
+            rows += _ratio_rows(core_ratio_specs(sub, suffix), n_boot, seed)
             rows.append(_row(f"n_problems{suffix}", sub.height))
     return rows
 

@@ -19,7 +19,15 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from valley.metrics.paired import ArmSummary, PairedDifference, arm_summary, describe, holm, paired_difference
+from valley.metrics.compute import core_ratio_specs
+from valley.metrics.paired import (
+    ArmSummary,
+    PairedDifference,
+    arm_summary,
+    describe,
+    holm,
+    paired_differences,
+)
 from valley.report.config import ComparisonRuns, ReportConfig, RunSpec
 from valley.report.scoring import PER_PROBLEM_COLUMNS
 from valley.report.tables import _md
@@ -48,6 +56,7 @@ class Comparison:
     name: str  # the study's question it answers
     first: Cell
     second: Cell
+    against_base: bool = False  # a size of a series against the base model: a point of the valley
 
 
 def cells_of(runs: Iterable[RunSpec]) -> dict[Cell, list[str]]:
@@ -89,7 +98,7 @@ def planned_comparisons(cells: dict[Cell, list[str]], scaling_subset: str,
     out: list[Comparison] = []
     for cell in sorted(cells, key=_order):
         if cell.subset in series_subsets and cell.checkpoint == "base" and cell.data_size and cell.model in bases:
-            out.append(Comparison(f"valley: {cell.subset} vs base", cell, bases[cell.model]))
+            out.append(Comparison(f"valley: {cell.subset} vs base", cell, bases[cell.model], against_base=True))
     for name, firsts, seconds in contrasts:
         for a in sorted(firsts, key=_order):
             for b in sorted(seconds, key=_order):
@@ -103,29 +112,28 @@ def _order(cell: Cell) -> tuple:
     return cell.model, cell.checkpoint != "base", cell.checkpoint, cell.subset, cell.data_size
 
 
-def _arrays(per_problem: pl.DataFrame, run_ids: list[str], problems: list[str],
-            metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(seeds, problems) numerator and denominator of `metric` for a cell's runs, problems in `problems` order."""
+def _by_run(per_problem: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The per-problem sums split by run once, rather than filtered again for every comparison."""
+    return {key[0]: frame for key, frame in per_problem.partition_by("run_id", as_dict=True).items()}
+
+
+def _arrays(by_run: dict[str, pl.DataFrame], run_ids: list[str],
+            problems: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(seeds, problems, metrics) numerators and denominators of the METRICS for a cell's runs, problems in
+    `problems` order (metrics/compute.py's definitions of the run metrics)."""
     nums, dens = [], []
     for rid in run_ids:
-        frame = per_problem.filter(pl.col("run_id") == rid).select(*PER_PROBLEM_COLUMNS[1:])
-        frame = pl.DataFrame({"question_id": problems}).join(frame, on="question_id", how="left")
-        n = frame["n"].to_numpy().astype(np.float64)
-        if metric == "pass@1":
-            nums.append(frame["c"].to_numpy().astype(np.float64) / np.where(n > 0, n, 1.0))
-            dens.append(np.ones_like(n))
-        elif metric == "completion_rate":
-            nums.append(frame["completed"].to_numpy().astype(np.float64))
-            dens.append(frame["n_with_finish"].to_numpy().astype(np.float64))
-        else:
-            nums.append(frame["think"].to_numpy().astype(np.float64))
-            dens.append(n)
-    return np.vstack(nums), np.vstack(dens)
+        frame = pl.DataFrame({"question_id": problems}).join(by_run[rid].select(*PER_PROBLEM_COLUMNS[1:]),
+                                                             on="question_id", how="left")
+        specs = core_ratio_specs(frame)
+        nums.append(np.column_stack([num for _, num, _ in specs]))
+        dens.append(np.column_stack([den for _, _, den in specs]))
+    return np.stack(nums), np.stack(dens)
 
 
-def shared_problems(per_problem: pl.DataFrame, run_ids: Iterable[str]) -> list[str]:
+def shared_problems(by_run: dict[str, pl.DataFrame], run_ids: Iterable[str]) -> list[str]:
     """Problems every one of `run_ids` was evaluated on: a paired test compares like with like."""
-    sets = [set(per_problem.filter(pl.col("run_id") == rid)["question_id"].to_list()) for rid in run_ids]
+    sets = [set(by_run[rid]["question_id"].to_list()) if rid in by_run else set() for rid in run_ids]
     return sorted(set.intersection(*sets)) if sets else []
 
 
@@ -145,18 +153,17 @@ def test_comparisons(cfg: ReportConfig, per_problem: pl.DataFrame) -> list[Teste
     tested: list[Tested] = []
     if cfg.n_boot == 0:
         return tested
-    n_boot = test_resamples(cfg)
+    n_boot, by_run = test_resamples(cfg), _by_run(per_problem)
     for comparison in planned_comparisons(cells, cfg.scaling_subset, cfg.comparisons or []):
         a_ids, b_ids = cells[comparison.first], cells[comparison.second]
-        problems = shared_problems(per_problem, [*a_ids, *b_ids])
+        problems = shared_problems(by_run, [*a_ids, *b_ids])
         if not problems:
             continue
-        for metric in METRICS:
-            a_num, a_den = _arrays(per_problem, a_ids, problems, metric)
-            b_num, b_den = _arrays(per_problem, b_ids, problems, metric)
-            result = paired_difference(a_num, a_den, b_num, b_den, n_boot=n_boot, seed=cfg.seed, alpha=ALPHA)
-            tested.append(Tested(comparison, metric, label(comparison.first, a_ids), label(comparison.second, b_ids),
-                                 result))
+        # the three metrics of a comparison share one set of resamples
+        results = paired_differences(*_arrays(by_run, a_ids, problems), *_arrays(by_run, b_ids, problems),
+                                     n_boot=n_boot, seed=cfg.seed, alpha=ALPHA)
+        tested += [Tested(comparison, metric, label(comparison.first, a_ids), label(comparison.second, b_ids), result)
+                   for metric, result in zip(METRICS, results, strict=True)]
     adjusted: list[Tested] = []
     for metric in METRICS:
         group = [t for t in tested if t.metric == metric]
@@ -198,7 +205,7 @@ def dips(tested: list[Tested]) -> list[Tested]:
     """Per valley (student, series): the size whose pass@1 falls furthest below the base, if any does."""
     lowest: dict[tuple[str, str], Tested] = {}
     for t in tested:
-        if t.metric != "pass@1" or not t.comparison.name.startswith("valley:"):
+        if t.metric != "pass@1" or not t.comparison.against_base:
             continue
         key = (t.comparison.first.model, t.comparison.first.subset)
         if t.result.difference < 0 and (key not in lowest or t.result.difference < lowest[key].result.difference):
@@ -228,14 +235,14 @@ def dip_sentence(t: Tested) -> str:
 def replicate_summaries(cfg: ReportConfig, per_problem: pl.DataFrame) -> list[tuple[Cell, str, ArmSummary]]:
     """Cells with several seeds: mean over seeds, its standard error, each seed's value, and the interval
     from a bootstrap over problems and seeds."""
-    out = []
+    out, by_run = [], _by_run(per_problem)
     for cell, ids in sorted(cells_of(cfg.runs).items(), key=lambda kv: _order(kv[0])):
         if len(ids) < 2:
             continue
-        problems = shared_problems(per_problem, ids)
-        for metric in METRICS:
-            num, den = _arrays(per_problem, ids, problems, metric)
-            out.append((cell, metric, arm_summary(num, den, n_boot=test_resamples(cfg), seed=cfg.seed, alpha=ALPHA)))
+        num, den = _arrays(by_run, ids, shared_problems(by_run, ids))
+        for j, metric in enumerate(METRICS):
+            out.append((cell, metric, arm_summary(num[:, :, j], den[:, :, j], n_boot=test_resamples(cfg),
+                                                  seed=cfg.seed, alpha=ALPHA)))
     return out
 
 
