@@ -8,7 +8,9 @@ a live lease stops with the owner named, or waits for it with `--wait` (`$VALLEY
 whose heartbeat is older than its time to live, or whose owner is a process that no longer exists on this
 host (a `kill -9`), is stale: the newcomer takes it over and only then cleans temporaries.
 
-Taking a lease is an exclusive create on a local filesystem (`O_EXCL`). Object stores have no such
+Taking a lease is an exclusive create on a local filesystem: the record is written whole to a temporary
+file and hard-linked to `_LEASE`, which fails when one exists, so nobody ever reads a lease half written.
+Object stores have no such
 primitive in `pyarrow.fs`: there the lease is written, read back after a short pause and kept only if it
 is still ours, which closes the window to that pause, not to zero (said here, not hidden).
 """
@@ -26,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from valley.errors import ConfigError
-from valley.storage import Storage
+from valley.storage import TMP_PREFIX, Storage
 
 LEASE = "_LEASE"
 TTL_S = 120.0  # a lease not renewed for this long is stale (renewed every TTL_S / 4)
@@ -90,12 +92,23 @@ def _create(storage: Storage, stage_dir: str, record: LeaseRecord) -> bool:
     path = storage.path(stage_dir, LEASE)
     if storage.local:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
+        tmp = os.path.join(os.path.dirname(path), f"{TMP_PREFIX}{record.token}-{LEASE}")
+        with open(tmp, "wb") as f:
             f.write(blob)
+        try:
+            os.link(tmp, path)  # atomic, and refused when a lease is there
+        except (FileExistsError, FileNotFoundError):  # not found: the holder cleaned our temporary
+            return False
+        except OSError:  # a filesystem without hard links: an exclusive create, then the record
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         return True
     if storage.exists(stage_dir, LEASE):
         return False
@@ -126,8 +139,13 @@ class StageLease:
                 return self
             held = read_lease(self.storage, self.stage_dir)
             now = time.time()
-            if held is None or held.stale(now):
-                self.storage.remove(self.stage_dir, LEASE)  # stale (or unreadable): take it over
+            if held is None and not self.storage.exists(self.stage_dir, LEASE):
+                continue  # released in between: try again
+            if held is None:  # unreadable (damaged): stale once nobody has touched it for a lease's lifetime
+                held = LeaseRecord("an unreadable lease", "", 0, "", self.storage.modified(self.stage_dir, LEASE),
+                                   self.storage.modified(self.stage_dir, LEASE), self.ttl_s)
+            if held.stale(now):
+                self.storage.remove(self.stage_dir, LEASE)  # take it over
                 continue
             if not wait:
                 raise LeaseHeld(
