@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_status_parser(sub, lambda q: q.add_argument("--storage", default=DEFAULT_STORAGE,
                                                     help="storage root holding the study"))
+    from valley.verify import add_verify_parser
+
+    add_verify_parser(sub, DEFAULT_STORAGE)
     p = sub.add_parser("demo", help="write the synthetic demo corpus and problems and train the demo's base "
                        "student (offline, on the embedded local Ray)")
     p.add_argument("--out", default="demo-data", help="directory for the demo files")
@@ -158,6 +161,7 @@ def _on_ray(args: argparse.Namespace) -> int:
     from valley.storage import Storage
 
     stderr_filter.install()  # before Ray starts: its C++ logger writes to fd 2 directly
+    Storage(args.storage).check_writable()  # a read-only, full or missing root stops here, before any work
     runtime.init(args.ray_address, num_cpus=args.num_cpus, quiet=not args.verbose)
     if args.command == "run":
         from valley.experiment import run_experiment_file
@@ -179,7 +183,13 @@ def _on_ray(args: argparse.Namespace) -> int:
     return 0
 
 
-OFF_RAY = {"demo": _demo, "plan": _plan, "doctor": _doctor, "status": _status}
+def _verify(args: argparse.Namespace) -> int:
+    from valley.verify import verify_main
+
+    return verify_main(args)
+
+
+OFF_RAY = {"demo": _demo, "plan": _plan, "doctor": _doctor, "status": _status, "verify": _verify}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel
 
 from valley import legacy
+from valley.errors import StorageError, storage_errno
 from valley.lease import StageLease
 from valley.storage import SUCCESS, Storage, stage_dir
 
@@ -34,6 +35,9 @@ class StageResult(BaseModel):
     path_fields: ClassVar[tuple[str, ...]] = ()
     # what a skipped run reports differently from the run that did the work
     on_skip: ClassVar[dict[str, Any]] = {}
+    # directories (relative to stage_dir) whose files the marker lists with their size but no hash: large
+    # resumable state that no later stage reads (valley/integrity.py)
+    size_only: ClassVar[tuple[str, ...]] = ()
 
     def summary(self) -> dict[str, Any]:
         """What the marker records: every field but `skipped`, JSON-ready."""
@@ -65,15 +69,30 @@ def run_stage(storage: Storage, stage: str, name: str, config_hash: str, result_
     the body runs, and the marker is written last, so a body that raises leaves no marker."""
     out = stage_dir(stage, name, config_hash)
     if storage.is_complete(out, config_hash):
-        return result_type.finished(storage.success_summary(out), out)
+        return finished_run(storage, out, result_type)
+    storage.check_writable()  # a read-only or full root is refused here, before the lease and the body
     with StageLease(storage, out).acquire():  # one writer: a second one waits or stops (valley/lease.py)
         if storage.is_complete(out, config_hash):  # finished by the writer we waited for
-            return result_type.finished(storage.success_summary(out), out)
+            return finished_run(storage, out, result_type)
         storage.clean_temporaries(out)
         storage.remove(out, SUCCESS)  # another config's marker (same 12-digit prefix) must not outlive a partial run
-        result = body(out)
-        storage.mark_success(out, config_hash, result.summary())
+        try:
+            result = body(out)
+        except StorageError:
+            raise
+        except Exception as exc:  # a worker's full disk arrives wrapped by Ray: name the run it was writing
+            if storage_errno(exc) is None:
+                raise
+            raise StorageError.of(f"write {stage} run", storage.uri(out), exc) from exc
+        storage.mark_success(out, config_hash, result.summary(), size_only=result_type.size_only)
         return result
+
+
+def finished_run(storage: Storage, out: str, result_type: type[R]) -> R:
+    """A finished run's result from its marker, once its files are all there at their recorded sizes: a
+    truncated or missing output is refused with the files named, never handed to the next stage."""
+    storage.require_intact(out)
+    return result_type.finished(storage.success_summary(out), out)
 
 
 def located(result: Any, storage: Storage) -> Any:

@@ -7,21 +7,26 @@ nothing visible: data goes to a hidden temporary name first and is renamed into 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import posixpath
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from valley.errors import ConfigError
+from valley import integrity
+from valley.errors import ConfigError, StorageError
 
 SUCCESS = "_SUCCESS"
 TMP_PREFIX = "._tmp-"
+MARKERS = (SUCCESS, "_LEASE")  # a stage directory's own bookkeeping, not its outputs (lease: valley/lease.py)
 
 
 class Storage:
@@ -41,11 +46,20 @@ class Storage:
             self.local = True
         self.base = base.rstrip("/") or "/"
         self.root = root
+        # path -> (size, digest) of files this process wrote, hashed while writing; mark_success takes the
+        # digests of its stage's files from here instead of reading them again
+        self._written: dict[str, tuple[int, str]] = {}
         if create:  # an input location (see `resolve`) is only read: nothing is made there
-            self.fs.create_dir(self.base, recursive=True)
+            try:
+                self.fs.create_dir(self.base, recursive=True)
+            except OSError as exc:
+                raise StorageError.of("create the storage root", root, exc) from exc
 
     def __repr__(self) -> str:
         return f"Storage({self.root!r})"
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy sent to a Ray worker starts its own record of writes
+        return {**self.__dict__, "_written": {}}
 
     # ---- paths -------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -144,6 +158,16 @@ class Storage:
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(p)
 
+    def move(self, source: tuple[str, ...], target: tuple[str, ...]) -> None:
+        """Move one file within the root (a rename where the filesystem has one, else copy then delete)."""
+        src, dst = self.path(*source), self.path(*target)
+        self.fs.create_dir(posixpath.dirname(dst), recursive=True)
+        if self.local:
+            os.replace(src, dst)
+        else:
+            self.fs.copy_file(src, dst)
+            self.fs.delete_file(src)
+
     def clean_temporaries(self, *parts: str) -> int:
         """Delete temporaries a killed writer left under a directory; returns how many."""
         base = self.path(*parts)
@@ -160,13 +184,22 @@ class Storage:
         d, name = posixpath.split(final)
         return posixpath.join(d, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
 
+    def check_writable(self) -> None:
+        """Write and remove a probe file at the root, so that a read-only, full or vanished root is refused
+        with its path before any work starts rather than when the first result is saved."""
+        probe = posixpath.join(self.base, f"{TMP_PREFIX}probe-{uuid.uuid4().hex[:12]}")
+        try:
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"valley")
+            self.fs.delete_file(probe)
+        except OSError as exc:
+            raise StorageError.of("write to the storage root", self.root, exc) from exc
+
     def write_bytes(self, data: bytes, *parts: str) -> str:
         final = self.path(*parts)
-        self.fs.create_dir(posixpath.dirname(final), recursive=True)
-        tmp = self._tmp_for(final)
-        with self.fs.open_output_stream(tmp) as f:
+        with self._writing(final) as tmp, self.fs.open_output_stream(tmp) as f:
             f.write(data)
-        self._commit(tmp, final)
+        self._written[final] = (len(data), hashlib.sha256(data).hexdigest())
         return final
 
     def write_text(self, text: str, *parts: str) -> str:
@@ -180,12 +213,27 @@ class Storage:
         if schema is not None:
             table = conform(table, schema)
         final = self.path(*parts)
-        self.fs.create_dir(posixpath.dirname(final), recursive=True)
-        tmp = self._tmp_for(final)
         kwargs.setdefault("compression", "zstd")
-        pq.write_table(table, tmp, filesystem=self.fs, **kwargs)
-        self._commit(tmp, final)
+        with self._writing(final) as tmp, self.fs.open_output_stream(tmp) as stream:
+            sink = integrity.HashingSink(stream)
+            pq.write_table(table, sink, **kwargs)
+        self._written[final] = sink.facts()
         return final
+
+    @contextlib.contextmanager
+    def _writing(self, final: str) -> Iterator[str]:
+        """A temporary name for `final`, renamed into place when the block ends. A write that fails (a full
+        disk, a read-only or vanished root, an object store timing out) removes its temporary and raises
+        StorageError naming the file, so nothing half written is ever visible under its final name."""
+        tmp = self._tmp_for(final)
+        try:
+            self.fs.create_dir(posixpath.dirname(final), recursive=True)
+            yield tmp
+            self._commit(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(tmp)
+            raise StorageError.of("write", f"{self.scheme}://{final}" if self.scheme else final, exc) from exc
 
     def _commit(self, tmp: str, final: str) -> None:
         if self.local:
@@ -218,10 +266,58 @@ class Storage:
         return pq.read_table(p, filesystem=self.fs, columns=columns)
 
     # ---- stage markers -----------------------------------------------------------------------
-    def mark_success(self, stage_dir: str, config_hash: str, summary: dict | None = None) -> None:
-        """Written last by a stage: its presence with the same hash means the outputs are complete."""
-        payload = {"config_hash": config_hash, "finished_at": time.time(), "summary": summary or {}}
-        self.write_json(payload, stage_dir, SUCCESS)
+    def mark_success(self, stage_dir: str, config_hash: str, summary: dict | None = None, *,
+                     size_only: tuple[str, ...] = ()) -> None:
+        """Written last by a stage: its presence with the same hash means the outputs are complete. It lists
+        every file under the stage directory with its size and sha256 (valley/integrity.py); files under
+        `size_only` prefixes are listed with their size only."""
+        base = self.path(stage_dir)
+        infos = self.stage_files(stage_dir)
+        files = integrity.file_facts(self.fs, base, infos, self._written, size_only)
+        for info in infos:
+            self._written.pop(info.path, None)
+        payload = {"config_hash": config_hash, "finished_at": time.time(), "summary": summary or {},
+                   "files": files}
+        self._written.pop(self.write_json(payload, stage_dir, SUCCESS), None)
+
+    def stage_files(self, stage_dir: str) -> list[pafs.FileInfo]:
+        """Every finished file under a stage directory, at any depth: temporaries and its markers left out."""
+        base = self.path(stage_dir)
+        if self.fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        top = {posixpath.join(base, m) for m in MARKERS}
+        return sorted((i for i in infos if i.type == pafs.FileType.File and i.path not in top
+                       and not i.base_name.startswith(TMP_PREFIX)), key=lambda i: i.path)
+
+    def damaged_files(self, stage_dir: str, *, hashes: bool = False) -> list[integrity.Damage] | None:
+        """The files of a finished stage run that are not as its marker lists them (sizes; contents too with
+        `hashes`); None when the marker predates file lists and nothing can be checked."""
+        recorded = self.read_json(stage_dir, SUCCESS).get("files")
+        if recorded is None:
+            return None
+        return integrity.check_files(self.fs, self.path(stage_dir), self.stage_files(stage_dir), recorded,
+                                     hashes=hashes)
+
+    def require_intact_above(self, path: str) -> None:
+        """`require_intact` for the finished stage run holding `path` (its marker at or above it), if any."""
+        here = path.strip("/")
+        while here and here != ".":
+            if self.exists(here, SUCCESS):
+                self.require_intact(here)
+                return
+            here = posixpath.dirname(here)
+
+    def require_intact(self, stage_dir: str) -> None:
+        """Refuse a finished run whose files are missing or changed size since its marker, naming them: what a
+        reader does before trusting a stage's outputs (one listing, no file is read)."""
+        damage = self.damaged_files(stage_dir)
+        if damage:
+            shown = "; ".join(map(str, damage[:5])) + (f"; and {len(damage) - 5} more" if len(damage) > 5 else "")
+            raise integrity.DamagedOutputError(
+                f"{self.uri(stage_dir)} is marked finished but {len(damage)} of its files are damaged: {shown}. "
+                f"`valley verify {self.root} --repair` sets them aside and clears the markers of the runs to "
+                "redo; the next run redoes exactly those.")
 
     def is_complete(self, stage_dir: str, config_hash: str) -> bool:
         if not self.exists(stage_dir, SUCCESS):

@@ -8,6 +8,8 @@ Written by the executor as nodes move (queued → running → done | failed | sk
     experiments/<experiment>/study/driver.json         host, pid, state, updated_at (heartbeat)
     experiments/<experiment>/study/nodes/<node>.json   state, started_at, ended_at, outputs, error, log
     experiments/<experiment>/study/errors/<node>.txt   the traceback of a failed node
+    experiments/<experiment>/study/lineage.json        stage dir -> the stage dirs it read, kept across re-runs
+                                                       (what `valley verify` redoes downstream of damage)
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ HEARTBEAT_S = 30.0  # the driver rewrites driver.json at least this often while 
 STALE_AFTER_S = 3 * HEARTBEAT_S  # a "running" driver silent for longer is reported as gone
 
 
+LINEAGE = "lineage.json"
+
+
+def stage_dir_of(record: Mapping[str, Any]) -> str | None:
+    """The root-relative stage directory a node's record says it made, if any."""
+    value = (record.get("outputs") or {}).get("stage_dir")
+    return value if isinstance(value, str) else None
+
+
+def read_lineage(storage: Storage, *parts: str) -> dict[str, list[str]]:
+    """A study's lineage.json ({} before its first finished node)."""
+    return dict(storage.read_json(*parts, LINEAGE)) if storage.exists(*parts, LINEAGE) else {}
+
+
 def file_name(node_id: str) -> str:
     """`train:s-r100` -> `train.s-r100.json`: node ids are `<kind>:<stage config name>`."""
     return node_id.replace(":", ".", 1) + ".json"
@@ -41,6 +57,8 @@ class StudyStatus:
         self.records: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._beat_at = 0.0
+        self._deps: dict[str, tuple[str, ...]] = {}
+        self.lineage: dict[str, list[str]] = {}
 
     def start(self, graph: StudyGraph, spec: Mapping[str, Any]) -> None:
         """Write the plan and the spec it came from (what `valley report --partial` needs), all nodes queued."""
@@ -48,6 +66,8 @@ class StudyStatus:
         graph_json = {"experiment": graph.experiment, "nodes": [n.as_dict() for n in graph.nodes],
                       "runs": [r.as_dict() for r in graph.runs]}
         self.storage.write_json(graph_json, *self.parts, "graph.json")
+        self._deps = {node.id: node.deps for node in graph.nodes}
+        self.lineage = read_lineage(self.storage, *self.parts)
         for node in graph.nodes:
             self.update(node.id, kind=node.kind, state="queued", started_at=None, ended_at=None, error=None,
                         log=None, because=None)
@@ -58,7 +78,20 @@ class StudyStatus:
             record = {**self.records.get(node_id, {"id": node_id}), **fields}
             self.records[node_id] = record
             self.storage.write_json(record, *self.parts, "nodes", file_name(node_id))
+            if fields.get("state") == "done":
+                self._record_lineage(node_id)
             return record
+
+    def _record_lineage(self, node_id: str) -> None:
+        """Add a finished node's stage dir and the stage dirs of its inputs to lineage.json (never dropped by
+        a later run, unlike the node records, which a new run resets)."""
+        made = stage_dir_of(self.records[node_id])
+        if made is None:
+            return
+        read = [d for dep in self._deps.get(node_id, ()) if (d := stage_dir_of(self.records.get(dep, {})))]
+        if self.lineage.get(made) != read:
+            self.lineage[made] = read
+            self.storage.write_json(self.lineage, *self.parts, LINEAGE)
 
     def write_traceback(self, node_id: str, text: str) -> str:
         parts = (*self.parts, "errors", file_name(node_id).removesuffix(".json") + ".txt")

@@ -10,6 +10,9 @@ the limit is `pool.stall_timeout_s` when set, else `$VALLEY_STALL_TIMEOUT_S`, el
 CPU and 1800 s on GPU. Before any engine loads, `max_tokens` plus the longest prompt is checked against
 the model's window (`valley.generate.context`); a sample's `finish_reason` says whether it stopped at
 end of sequence ("stop"), at max_tokens ("length") or on a full context window ("context").
+A `samples/` holding more than the config asks (two writers that overlapped before the stage lease, a part
+copied in twice) is repaired before anything is generated: one copy of each sample stays, the rest goes
+to `set_aside/` with the part it came from and why (`valley.generate.overfull`), counted in the result.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from valley.errors import ConfigError
 from valley.generate import context
 from valley.generate.backends.base import Request, sample_seed
 from valley.generate.config import GenerateConfig
+from valley.generate.overfull import set_aside_surplus
 from valley.generate.pool import run_pool
 from valley.generate.prompts import render_prompt
 from valley.generate.selection import load_problems, problems_table
-from valley.generate.writer import SAMPLES_DIR, SampleWriter, finished_keys
+from valley.generate.writer import SAMPLES_DIR, SampleWriter
 from valley.stage import StageResult, run_stage
 from valley.storage import Storage
 from valley.watchdog import StallError, default_timeout, kill_registered, start_board, watch_iter
@@ -50,6 +54,10 @@ class GenerateResult(StageResult):
     # the completion budget, which the report scores against (None in markers written before it was kept)
     max_tokens: int | None = None
     seconds: float = 0.0
+    # rows moved to `set_aside/` by the run that wrote the marker: extra copies of a sample, and samples the
+    # config does not ask for (0 in markers written before over-full directories were repaired)
+    duplicates_set_aside: int = 0
+    not_asked_set_aside: int = 0
 
     path_fields: ClassVar[tuple[str, ...]] = ("samples", "problems")
     on_skip: ClassVar[dict[str, Any]] = {"n_generated": 0, "seconds": 0.0}
@@ -124,7 +132,9 @@ def _generate(cfg: GenerateConfig, storage: Storage, out: str) -> GenerateResult
 
     prompts = render_prompts(cfg, problems)
     context.check_prompts(cfg, window, context.prompt_token_counts(cfg.model, prompts))
-    done = finished_keys(storage, out)
+    # one copy of each asked sample on disk, the rest set aside, before counting what is left to generate
+    repaired = set_aside_surplus(storage, out, {(p["question_id"], i) for p in problems for i in range(cfg.n)})
+    done = repaired.kept
     requests = build_requests(problems, prompts, cfg, done)
     expected = Counter(r.question_id for r in requests)
     writer = SampleWriter(storage, out, run_id=run_id, model=cfg.model, backend=cfg.backend, prompts=prompts,
@@ -158,4 +168,6 @@ def _generate(cfg: GenerateConfig, storage: Storage, out: str) -> GenerateResult
         selection=selection.summary(),
         max_tokens=cfg.max_tokens,
         seconds=time.perf_counter() - started,
+        duplicates_set_aside=repaired.duplicates,
+        not_asked_set_aside=repaired.not_asked,
     )

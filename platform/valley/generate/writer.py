@@ -23,14 +23,6 @@ from valley.storage import Storage
 SAMPLES_DIR = "samples"
 
 
-def finished_keys(storage: Storage, stage_dir: str) -> set[tuple[str, int]]:
-    """(question_id, sample_idx) of every sample already written by an earlier (interrupted) run."""
-    if not storage.list(stage_dir, SAMPLES_DIR, suffix=".parquet"):
-        return set()
-    table = storage.read_parquet(stage_dir, SAMPLES_DIR, columns=["question_id", "sample_idx"])
-    return set(zip(table.column("question_id").to_pylist(), table.column("sample_idx").to_pylist(), strict=True))
-
-
 class SampleWriter:
     """Buffers completions per problem; writes a part when `part_size` samples of finished problems wait or
     the first of them has waited `flush_s` seconds (None: only by size)."""

@@ -102,6 +102,7 @@ def _read(storage: Storage, path: str, columns: list[str], table_name: str) -> p
     """Only the columns metrics need (samples also hold prompts, which can be most of the bytes)."""
     if not storage.exists(path):
         raise InputError(f"{table_name} table not found", file=storage.uri(path))
+    storage.require_intact_above(path)  # a truncated part is named, not met as a Parquet error
     optional = OPTIONAL_COLUMNS[table_name]
     try:
         table = storage.read_parquet(path, columns=[*columns, *optional])

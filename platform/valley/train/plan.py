@@ -125,6 +125,7 @@ def plan_run(cfg: TrainConfig, storage: Storage, out_dir: str) -> TrainPlan:
     parts = (data_rel,) if data_rel else ()
     if not data_st.exists(*parts, SUCCESS):
         raise ConfigError(f"data stage output {data_uri} is not finished (no {SUCCESS}); run `valley data` first")
+    data_st.require_intact(data_rel)
     manifest = Manifest.read(data_st, *parts)
     manifest.subset(cfg.subset, data_uri)
     seq_len = manifest.seq_len or 0
