@@ -153,8 +153,7 @@ def test_fake_cluster_scales_graders_up_and_down(tmp_path):
     config_path.write_text(json.dumps(fake_cluster_config(address)))
     ray_tmp = tempfile.mkdtemp(prefix="vfc-", dir="/tmp")  # short: unix socket paths are length-limited
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_AUTH_MODE="disabled",
-               RAY_USAGE_STATS_ENABLED="0")
+    env.update(RAY_TMPDIR=ray_tmp, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_USAGE_STATS_ENABLED="0")
     ray_bin = str(Path(sys.executable).with_name("ray"))
     head_cmd = [
         ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=0",

@@ -136,9 +136,8 @@ def test_killed_run_leaves_nothing_partial_and_resumes(corpus, tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     valley = [sys.executable, "-m", "valley.cli", "data", str(cfg_path), "--num-cpus", "2"]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*valley, "--storage", str(killed)], env=env, start_new_session=True,
+    proc = subprocess.Popen([*valley, "--storage", str(killed)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and len(list(killed.rglob("_ingest/*.json"))) < 3:
@@ -149,8 +148,8 @@ def test_killed_run_leaves_nothing_partial_and_resumes(corpus, tmp_path):
         if not part.name.startswith("._tmp-"):
             pq.read_table(part)  # every visible part is complete
     assert not list(killed.rglob("_SUCCESS"))
-    subprocess.run([*valley, "--storage", str(killed)], env=env, check=True, capture_output=True)
+    subprocess.run([*valley, "--storage", str(killed)], check=True, capture_output=True)
     clean = tmp_path / "clean"
-    subprocess.run([*valley, "--storage", str(clean)], env=env, check=True, capture_output=True)
+    subprocess.run([*valley, "--storage", str(clean)], check=True, capture_output=True)
     assert not list(killed.rglob("._tmp-*"))  # the re-run swept the killed run's temporaries
     assert _files(killed) == _files(clean)

@@ -89,6 +89,23 @@ def test_auth_help_says_what_to_set(monkeypatch, tmp_path):
     assert "is not the cluster's" in runtime.auth_help("10.0.0.1:6379", "InvalidAuthToken")
 
 
+def test_the_sessions_ray_wants_the_sessions_token(ray_local):
+    """conftest runs the test session's Ray as users get it, with token authentication: a client that does
+    not send the token is refused (and told what to set); the token is the session's, not ~/.ray's."""
+    import ray
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
+    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    assert token.stat().st_size > 0 and Path.home() / ".ray" not in token.parents
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    probe = ("import sys\nfrom valley import runtime\nfrom valley.errors import ConfigError\n"
+             "try:\n    runtime.check_cluster_auth(sys.argv[1])\nexcept ConfigError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", probe, ray.get_runtime_context().gcs_address], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert "Set RAY_AUTH_MODE=token (it is unset)" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
 # ---- the README's commands against a head with token authentication ---------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -143,9 +160,13 @@ def test_readme_job_commands_with_token_auth(tmp_path):
     base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     base.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0",
                 PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")  # = `source .venv/bin/activate`
-    client = {**base, "RAY_AUTH_MODE": "token"}
     ray = str(BIN / "ray")
     gcs_port = _free_port()
+    # The clients name this head: one left to find a cluster itself before the head has written its address
+    # (seconds, on a loaded machine) takes any other GCS that `ps` shows, such as this session's own Ray: with
+    # tokens a refusal from the wrong cluster, without them a job run on it.
+    anonymous = {**base, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}
+    client = {**anonymous, "RAY_AUTH_MODE": "token"}
     head = subprocess.Popen(  # the default start (auth mode unset), on ports of its own
         [ray, "start", "--head", "--block", "--num-cpus", "2", f"--port={gcs_port}",
          f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
@@ -153,7 +174,7 @@ def test_readme_job_commands_with_token_auth(tmp_path):
         env=base, cwd=clone, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         probe = [ray, "job", "submit", "--working-dir", ".", "--", "python", "-c", "pass"]
-        refused = _submit(probe, base, clone)  # the issue's symptom: a client that does not send the token
+        refused = _submit(probe, anonymous, clone)  # the issue's symptom: a client that does not send the token
         assert refused.returncode != 0 and "AuthenticationError" in refused.stdout + refused.stderr
 
         valley = subprocess.run([str(BIN / "valley"), "data", "x.yaml", "--ray-address", f"127.0.0.1:{gcs_port}"],

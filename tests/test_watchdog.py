@@ -68,6 +68,24 @@ def test_a_stalled_stream_fails_fast_and_is_torn_down(ray_local):
     ray.kill(board)
 
 
+def test_retried_starts_of_the_train_workers_are_not_progress():
+    """Ray Train retries a worker-group start whose resources did not come in time, for ever: only the first
+    attempt of each (re)start beats, so resources that never come (a lost node) end in a stall."""
+    from types import SimpleNamespace
+
+    from valley.train.stage import _controller_beats
+
+    beats: list[str] = []
+    board = SimpleNamespace(beat=SimpleNamespace(remote=lambda worker, phase, detail: beats.append(detail)))
+    (callback,) = _controller_beats(board)
+    for _ in range(3):  # the start, then two retries after timeouts
+        callback.before_worker_group_start(None)
+    assert beats == ["placing and starting the train workers"]
+    callback.after_worker_group_start(None)
+    callback.before_worker_group_start(None)  # a restart after a started group (a worker died): progress
+    assert beats[1:] == ["workers started; setting up their process group", "placing and starting the train workers"]
+
+
 @pytest.mark.slow
 def test_training_worker_stalled_in_startup_fails_with_the_phase_named(ray_local, storage, tmp_path):
     """Rank 1 sleeps an hour on entering model loading: the stage fails after the watchdog's limit, names

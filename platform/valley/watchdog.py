@@ -87,13 +87,15 @@ class HeartbeatBoard:
 def start_board() -> Any:
     """A board actor on this node that takes no CPU (beats must never wait for a slot). Ray restarts it if
     it dies (e.g. the node's OOM killer picked it): its beats are lost, so the stall clock restarts too,
-    and calls made meanwhile are retried rather than failing the stage."""
+    and calls made meanwhile are retried rather than failing the stage. The affinity is hard: a soft one
+    let Ray put the board on a worker node while this one was busy starting workers, and a board lost with
+    its node left the driver unable to judge a stall."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
     cls = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(HeartbeatBoard)
-    return cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+    return cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
 
 
 class Heartbeat:

@@ -56,6 +56,7 @@ class TrainResult(StageResult):
     examples_left_over_per_epoch: int = 0  # examples unit with last_step: drop
 
     path_fields: ClassVar[tuple[str, ...]] = ("model_dir", "epoch_model_dirs", "checkpoints_dir", "metrics_path")
+    size_only: ClassVar[tuple[str, ...]] = (RUN_NAME,)  # ZeRO checkpoints: resumable state, not read after the run
 
     @property
     def trained_tokens(self) -> int:
@@ -141,11 +142,18 @@ def _controller_beats(board: Any) -> list[Any]:
     class ControllerBeats(WorkerGroupCallback):
         def __init__(self) -> None:
             self.hb = Heartbeat(board, "controller")
+            self.placing = False  # a start of the worker group is under way and has not succeeded yet
 
         def before_worker_group_start(self, worker_group_context: Any) -> None:
-            self.hb.beat("worker_group", "placing and starting the train workers")
+            # Only the first attempt of a (re)start is progress. Ray Train retries a start whose resources
+            # did not come within its timeout for ever; had every retry beaten, resources that never come
+            # (a lost node and no replacement) would never have been reported as a stall.
+            if not self.placing:
+                self.hb.beat("worker_group", "placing and starting the train workers")
+            self.placing = True
 
         def after_worker_group_start(self, worker_group: Any) -> None:
+            self.placing = False
             self.hb.beat("worker_group", "workers started; setting up their process group")
             return super().after_worker_group_start(worker_group)
 
@@ -173,10 +181,12 @@ def _fit_watched(cfg: TrainConfig, storage: Storage, out: str, plan: TrainPlan) 
 
     board = start_board()
     here = ray.get_runtime_context().get_node_id()
-    # a runner lost to a node failure (or the OOM killer) is restarted and fit() called again, which
-    # continues from the run's last checkpoint, as a re-submitted job would
+    # On the driver's own node, hard: a soft affinity let Ray place it (and so Ray Train's controller, which
+    # follows it) on a worker node whenever this one was busy starting workers, and the loss of that node
+    # then failed the run instead of Ray Train restarting its workers elsewhere. A runner killed by the OOM
+    # killer is restarted here and fit() called again, which continues from the run's last checkpoint.
     runner = ray.remote(num_cpus=0, max_restarts=2, max_task_retries=2)(FitRunner).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
     waiting = (f"waiting for {cfg.num_workers} train workers × {cfg.worker_resources()} to start and join their "
                f"process group (cluster resources now: {ray.available_resources()})")
 
