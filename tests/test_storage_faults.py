@@ -35,11 +35,14 @@ class FaultyFileSystem(LocalFileSystem):
     protocol = "faulty"
     budget: int | None = None
     read_only = False
+    timing_out = False  # every write times out, as an object store that stopped answering
 
     def _open(self, path, mode="rb", block_size=None, **kwargs):
         if "w" in mode or "a" in mode:
             if FaultyFileSystem.read_only:
                 raise OSError(errno.EROFS, "Read-only file system", path)
+            if FaultyFileSystem.timing_out:
+                raise TimeoutError(errno.ETIMEDOUT, "Connection timed out", path)
             return _Budgeted(super()._open(path, mode, block_size, **kwargs))
         return super()._open(path, mode, block_size, **kwargs)
 
@@ -70,9 +73,9 @@ class _Budgeted:
 @pytest.fixture()
 def faulty(tmp_path):
     fsspec.register_implementation("faulty", FaultyFileSystem, clobber=True)
-    FaultyFileSystem.budget, FaultyFileSystem.read_only = None, False
+    FaultyFileSystem.budget, FaultyFileSystem.read_only, FaultyFileSystem.timing_out = None, False, False
     yield Storage(f"faulty://{tmp_path}/store"), tmp_path / "store"
-    FaultyFileSystem.budget, FaultyFileSystem.read_only = None, False
+    FaultyFileSystem.budget, FaultyFileSystem.read_only, FaultyFileSystem.timing_out = None, False, False
 
 
 class Parts(StageResult):
@@ -131,6 +134,25 @@ def test_a_read_only_root_is_refused_before_the_stage_runs(faulty):
                                            r"\(EROFS\)"):
         run_stage(storage, "generate", "g", "e" * 64, Parts, _three_parts(storage, calls))
     assert calls["body"] == 0
+
+
+def test_a_store_that_times_out_names_the_file_and_the_rerun_completes(faulty):
+    storage, root = faulty
+    calls = Counter()
+
+    def body(out: str) -> Parts:
+        calls["body"] += 1
+        storage.write_parquet(pa.table({"x": [1]}), out, "part-0.parquet")
+        FaultyFileSystem.timing_out = calls["body"] == 1  # the store stops answering after the first part
+        storage.write_parquet(pa.table({"x": [2]}), out, "part-1.parquet")
+        return Parts(stage_dir=out, parts=2)
+
+    with pytest.raises(StorageError, match=r"cannot write faulty://.*/part-1\.parquet: Connection timed out "
+                                           r"\(ETIMEDOUT\)"):
+        run_stage(storage, "generate", "t", "f" * 64, Parts, body)
+    FaultyFileSystem.timing_out = False
+    assert run_stage(storage, "generate", "t", "f" * 64, Parts, body).parts == 2 and calls["body"] == 2
+    assert (root / "generate" / f"t-{'f' * 12}" / SUCCESS).exists()
 
 
 def test_the_cli_refuses_a_root_it_cannot_make_before_starting_ray(tmp_path):

@@ -69,10 +69,12 @@ def test_plan_takes_pad_id_and_seq_len_from_the_data_stage(storage, tiny_train_m
     data, _ = build_data_dir(storage, tok, n_traces=30, seq_len=256)
     manifest = storage.read_json(data, "manifest.json")
     storage.write_json({**manifest, "pad_id": 7, "pad_id_from": "eos_token_id"}, data, "manifest.json")
+    storage.mark_success(data, "test")  # as the data run that wrote this manifest would (the marker lists sizes)
     plan = plan_run(_cfg(data, str(model), max_seq_len=None), storage, "train/x")
     assert plan.pad_id == 7 and plan.max_seq_len == 256
     # a manifest from before pad_id was recorded: the saved tokenizer's pad (here none, so its eos)
     storage.write_json(manifest, data, "manifest.json")
+    storage.mark_success(data, "test")
     seen = []
 
     def fake_tokenizer(path, **_):
