@@ -10,6 +10,11 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+import numpy as np
+import pyarrow as pa
+
+from valley import schemas
+
 
 @dataclass
 class Doc:
@@ -55,27 +60,42 @@ class PackedRow:
         }
 
 
-def pack_best_fit(docs: list[Doc], seq_len: int, pad_id: int) -> list[PackedRow]:
-    """Pack docs (each at most seq_len long) into rows of exactly seq_len tokens."""
-    too_long = [d.trace_id for d in docs if len(d) > seq_len]
-    if too_long:
-        raise ValueError(f"documents longer than seq_len={seq_len}: {too_long[:5]}")
-    order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))
-    rows: list[PackedRow] = []
+def best_fit(lengths: list[int], seq_len: int) -> list[list[int]]:
+    """Best-fit decreasing on document lengths (each at most seq_len): the documents of each row, by index,
+    in the order they are added. Shared by pack_best_fit and packed_table, so both pack alike."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
     free: list[tuple[int, int]] = []  # (room left, row index), kept sorted
     for i in order:
-        doc = docs[i]
-        at = bisect.bisect_left(free, (len(doc), -1))
+        n = lengths[i]
+        at = bisect.bisect_left(free, (n, -1))
         if at < len(free):
             room, r = free.pop(at)
         else:
             room, r = seq_len, len(rows)
-            rows.append(PackedRow())
-        rows[r].add(doc)
-        if room - len(doc) > 0:
-            bisect.insort(free, (room - len(doc), r))
-    for row in rows:
+            rows.append([])
+        rows[r].append(i)
+        if room - n > 0:
+            bisect.insort(free, (room - n, r))
+    return rows
+
+
+def _check_fits(docs: list[Doc], seq_len: int) -> None:
+    too_long = [d.trace_id for d in docs if len(d) > seq_len]
+    if too_long:
+        raise ValueError(f"documents longer than seq_len={seq_len}: {too_long[:5]}")
+
+
+def pack_best_fit(docs: list[Doc], seq_len: int, pad_id: int) -> list[PackedRow]:
+    """Pack docs (each at most seq_len long) into rows of exactly seq_len tokens."""
+    _check_fits(docs, seq_len)
+    rows = []
+    for members in best_fit([len(d) for d in docs], seq_len):
+        row = PackedRow()
+        for i in members:
+            row.add(docs[i])
         row.pad_to(seq_len, pad_id)
+        rows.append(row)
     return rows
 
 
@@ -91,3 +111,62 @@ def one_per_row(docs: list[Doc]) -> list[PackedRow]:
 
 def pack_efficiency(rows: list[PackedRow], seq_len: int) -> float:
     return sum(r.n_tokens for r in rows) / (len(rows) * seq_len) if rows else 0.0
+
+
+def _positions(segments: list[int]) -> np.ndarray:
+    """0, 1, ... restarting at every segment (a document or a row's padding), as int32."""
+    lengths = np.asarray(segments, dtype=np.int64)
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return (np.arange(int(lengths.sum()), dtype=np.int64) - starts).astype(np.int32)
+
+
+def _list_column(values: pa.Array, row_ends: list[int]) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array([0, *row_ends], pa.int32()), values)
+
+
+def packed_table(docs: list[Doc], rows: list[list[int]], seq_len: int | None, pad_id: int) -> pa.Table:
+    """The rows (documents by index, padded to seq_len unless None) as a schemas.TOKENIZED table: the same
+    table as PackedRow.as_record gives, built from flat columns (a third of the time of per-row records)."""
+    ids: list[int] = []
+    mask: list[int] = []
+    segments: list[int] = []
+    row_ends: list[int] = []
+    n_tokens: list[int] = []
+    n_loss: list[int] = []
+    trace_ids: list[list[str]] = []
+    for members in rows:
+        tokens = loss = 0
+        for i in members:
+            doc = docs[i]
+            ids.extend(doc.input_ids)
+            mask.extend(doc.loss_mask)
+            segments.append(len(doc))
+            tokens += len(doc)
+            loss += sum(doc.loss_mask)
+        pad = seq_len - tokens if seq_len is not None else 0
+        if pad > 0:
+            ids.extend([pad_id] * pad)
+            mask.extend([0] * pad)
+            segments.append(pad)
+        row_ends.append(len(ids))
+        n_tokens.append(tokens)
+        n_loss.append(loss)
+        trace_ids.append([docs[i].trace_id for i in members])
+    columns = [
+        _list_column(pa.array(ids, pa.int32()), row_ends),
+        _list_column(pa.array(mask, pa.int8()), row_ends),
+        _list_column(pa.array(_positions(segments)), row_ends),
+        pa.array([len(m) for m in rows], pa.int32()),
+        pa.array(n_tokens, pa.int32()),
+        pa.array(n_loss, pa.int32()),
+        pa.array(trace_ids, pa.list_(pa.string())),
+    ]
+    return pa.Table.from_arrays(columns, schema=schemas.TOKENIZED)
+
+
+def pack_table(docs: list[Doc], seq_len: int, pad_id: int, packing: str) -> pa.Table:
+    """The packed shard of docs: best-fit rows of seq_len tokens (`pack`) or one unpadded row per doc."""
+    if packing == "pack":
+        _check_fits(docs, seq_len)
+        return packed_table(docs, best_fit([len(d) for d in docs], seq_len), seq_len, pad_id)
+    return packed_table(docs, [[i] for i in range(len(docs))], None, pad_id)

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from valley import schemas
 from valley.data.audit import subset_audit
-from valley.data.chat import load_tokenizer
+from valley.data.chat import load_tokenizer, preload_transformers
 from valley.data.conditions import (
     LENGTH_COLUMNS,
     TOKEN_COLUMNS,
@@ -46,7 +46,7 @@ from valley.data.subsets import (
     split_duplicate_ids,
     with_answer_counts,
 )
-from valley.data.tokenize import plan_groups, run_tokenize
+from valley.data.tokenize import plan_groups, run_tokenize, warm_workers
 from valley.errors import ConfigError, InputError
 from valley.manifest import AUDIT_DIR, Manifest, SubsetAudit, pad_of
 from valley.stage import StageResult, run_stage
@@ -162,6 +162,8 @@ def run_data(cfg: DataConfig, storage: Storage) -> DataResult:
 
 def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) -> DataResult:
     """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
+    preload_transformers()  # needed from step 4 on; its import overlaps ingest
+    warm_workers()
     # 1. ingest + validate (+ join), parallel and resumable per chunk
     reasons, think, joins = build_traces(cfg, storage, out, files)
 

@@ -1,4 +1,4 @@
-"""Tokenize and pack one subset with a Ray Data actor pool (the tokenizer loads once per actor).
+"""Tokenize and pack one subset with Ray tasks (the tokenizer loads once per worker process).
 
 The subset's rows are cut, in storage order, into groups of `group_docs` documents; group g becomes
 `tokenized/<subset>/part-<g>.parquet`, then a stats sidecar marks it finished. Groups are fixed by the
@@ -15,13 +15,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-import ray.data
 
-from valley import schemas
 from valley.data.audit import DocFacts, doc_facts, tally
-from valley.data.chat import ChatEncoder
+from valley.data.chat import ChatEncoder, PortableEncoder
 from valley.data.config import DataConfig
-from valley.data.packing import Doc, PackedRow, one_per_row, pack_best_fit
+from valley.data.packing import Doc, pack_table
 from valley.storage import Storage
 
 TOKENIZE_STATS_DIR = "_stats"
@@ -65,25 +63,27 @@ def encode_docs(encoder: ChatEncoder, rows: list[dict], cfg: DataConfig,
     return docs, {"dropped": dropped + no_loss, "truncated": truncated, "audit": tally(facts)}
 
 
-def pack_docs(docs: list[Doc], cfg: DataConfig, pad_id: int) -> list[PackedRow]:
-    if cfg.packing == "pack":
-        return pack_best_fit(docs, cfg.max_seq_len, pad_id)
-    return one_per_row(docs)
+def group_rows(table: pa.Table, ids: list[str]) -> list[dict[str, str]]:
+    """The rows (id, question, response) of `ids`, in that order, from the parts' traces: read by column,
+    since Arrow's row dicts cost more than the columns they are made of."""
+    table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids, pa.string())))
+    at = {trace_id: i for i, trace_id in enumerate(table.column("id").to_pylist())}
+    questions, responses = table.column("question").to_pylist(), table.column("response").to_pylist()
+    return [{"id": i, "question": questions[at[i]], "response": responses[at[i]]} for i in ids]
 
 
 class TokenizePacker:
-    """Ray Data actor: owns one ChatEncoder; turns a group of trace ids into one packed shard."""
+    """Owns one ChatEncoder (one per worker process, see _tokenize_group); turns a group of trace ids into
+    one packed shard."""
 
-    def __init__(self, cfg_json: str, storage_root: str, out_dir: str, eot_id: int):
+    def __init__(self, cfg_json: str, storage_root: str, out_dir: str, eot_id: int,
+                 portable: dict[str, Any] | None = None):
         self.cfg = DataConfig.model_validate_json(cfg_json)
         self.storage = Storage(storage_root)
         self.out_dir = out_dir
         self.eot_id = eot_id
-        self.encoder = ChatEncoder(self.cfg.tokenizer, self.cfg.system_prompt)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        stats = [self.one_group(json.loads(g)) for g in batch["group"]]
-        return {"stats": [json.dumps(s, sort_keys=True) for s in stats]}
+        # The driver's spliced template and Rust tokenizer when it has them: no transformers to import here.
+        self.encoder = PortableEncoder(portable) if portable else ChatEncoder(self.cfg.tokenizer, self.cfg.system_prompt)
 
     def one_group(self, group: dict[str, Any]) -> dict[str, Any]:
         name = f"part-{group['group']:05d}"
@@ -92,28 +92,23 @@ class TokenizePacker:
             stats = self.storage.read_json(sub, TOKENIZE_STATS_DIR, f"{name}.json")
             if "audit" in stats:
                 return stats
-        wanted = pa.array(group["ids"], pa.string())
         tables = [
             self.storage.read_parquet(self.out_dir, "traces", part, columns=["id", "question", "response"])
             for part in group["parts"]
         ]
-        table = pa.concat_tables(tables)
-        table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
-        by_id = {r["id"]: r for r in table.to_pylist()}
-        rows = [by_id[i] for i in group["ids"]]
+        rows = group_rows(pa.concat_tables(tables), group["ids"])
         docs, dropped = encode_docs(self.encoder, rows, self.cfg, self.eot_id)
-        packed = pack_docs(docs, self.cfg, self.encoder.pad_id)
-        records = [r.as_record() for r in packed]
-        self.storage.write_parquet(pa.Table.from_pylist(records, schema=schemas.TOKENIZED), sub, f"{name}.parquet")
+        packed = pack_table(docs, self.cfg.max_seq_len, self.encoder.pad_id, self.cfg.packing)
+        self.storage.write_parquet(packed, sub, f"{name}.parquet")
         stats = {
             "subset": group["subset"],
             "group": group["group"],
             "docs_in": len(rows),
             "docs": len(docs),
-            "sequences": len(records),
-            "tokens": sum(r["n_tokens"] for r in records),
-            "loss_tokens": sum(r["n_loss_tokens"] for r in records),
-            "slots": sum(len(r["input_ids"]) for r in records),
+            "sequences": packed.num_rows,
+            "tokens": pc.sum(packed.column("n_tokens")).as_py() or 0,
+            "loss_tokens": pc.sum(packed.column("n_loss_tokens")).as_py() or 0,
+            "slots": pc.sum(pc.list_value_length(packed.column("input_ids"))).as_py() or 0,
             "truncated": dropped["truncated"],
             "dropped": dropped["dropped"],
             "audit": dropped["audit"],
@@ -122,25 +117,57 @@ class TokenizePacker:
         return stats
 
 
+@ray.remote(num_cpus=1)
+def _import_tokenize() -> None:
+    """Nothing but this module's imports (Ray, Arrow, tokenizers), done in a worker process."""
+    import tokenizers  # noqa: F401
+
+
+def warm_workers() -> list[ray.ObjectRef]:
+    """Import the tokenize tasks' modules in one worker per CPU, started with the stage: a cold worker
+    spends a second or two importing them, which this overlaps with ingest instead of tokenizing."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return [_import_tokenize.remote() for _ in range(cpus)]
+
+
+_PACKERS: dict[str, TokenizePacker] = {}  # this worker process's packer, by its arguments
+
+
+@ray.remote(num_cpus=1)
+def _tokenize_group(group: dict[str, Any], portable: dict[str, Any] | None, **packer_args: Any) -> str:
+    """Ray task: pack one group with this process's TokenizePacker, built on its first group (so the
+    tokenizer loads once per worker process, as it did once per actor, without an actor's start-up).
+    The stats come back as sorted JSON, as the sidecar has them."""
+    key = json.dumps(packer_args, sort_keys=True)
+    if key not in _PACKERS:
+        _PACKERS.clear()
+        _PACKERS[key] = TokenizePacker(**packer_args, portable=portable)
+    return json.dumps(_PACKERS[key].one_group(group), sort_keys=True)
+
+
 def run_tokenize(groups: list[dict[str, Any]], cfg: DataConfig, storage: Storage, out_dir: str,
                  eot_id: int) -> list[dict[str, Any]]:
-    """Tokenize and pack every group (of every subset) in one Ray Data pass; returns per-group stats.
+    """Tokenize and pack every group (of every subset), one Ray task per group; returns per-group stats.
 
-    Each group dict carries its `subset`, `group` number, `parts` and `ids` (see plan_groups); `eot_id` is
-    the template's end-of-turn token, which the label audit checks every document trains on.
+    At most `tokenize_concurrency` (default: the cluster's CPUs) groups run at once. Plain tasks rather
+    than a Ray Data actor pool: they start at once in the workers warm_workers and ingest warmed (a fresh
+    actor process took seconds to start, and Ray Data tasks started the second group only when the first
+    had finished). Each group dict carries its `subset`, `group` number, `parts` and `ids` (see
+    plan_groups); `eot_id` is the template's end-of-turn token, which the label audit checks every
+    document trains on.
     """
     if not groups:
         return []
+    portable = ray.put(ChatEncoder(cfg.tokenizer, cfg.system_prompt).portable())
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     workers = min(len(groups), cfg.tokenize_concurrency or cpus)
-    items = [{"group": json.dumps(g)} for g in groups]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        TokenizePacker,
-        fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "storage_root": storage.root, "out_dir": out_dir,
-                               "eot_id": eot_id},
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=1,
-    )
-    return [json.loads(r["stats"]) for r in ds.take_all()]
+    args = {"cfg_json": cfg.model_dump_json(), "storage_root": storage.root, "out_dir": out_dir, "eot_id": eot_id}
+    todo = list(reversed(groups))
+    running: list[ray.ObjectRef] = []
+    stats = []
+    while todo or running:
+        while todo and len(running) < workers:
+            running.append(_tokenize_group.remote(todo.pop(), portable, **args))
+        done, running = ray.wait(running, num_returns=1)
+        stats.extend(json.loads(s) for s in ray.get(done))
+    return stats
