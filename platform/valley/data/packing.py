@@ -7,13 +7,13 @@ what lets the trainer keep attention inside each document.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from valley import schemas
+from valley.binpack import best_fit_decreasing
 
 
 @dataclass
@@ -60,26 +60,6 @@ class PackedRow:
         }
 
 
-def best_fit(lengths: list[int], seq_len: int) -> list[list[int]]:
-    """Best-fit decreasing on document lengths (each at most seq_len): the documents of each row, by index,
-    in the order they are added. Shared by pack_best_fit and packed_table, so both pack alike."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    rows: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (room left, row index), kept sorted
-    for i in order:
-        n = lengths[i]
-        at = bisect.bisect_left(free, (n, -1))
-        if at < len(free):
-            room, r = free.pop(at)
-        else:
-            room, r = seq_len, len(rows)
-            rows.append([])
-        rows[r].append(i)
-        if room - n > 0:
-            bisect.insort(free, (room - n, r))
-    return rows
-
-
 def _check_fits(docs: list[Doc], seq_len: int) -> None:
     too_long = [d.trace_id for d in docs if len(d) > seq_len]
     if too_long:
@@ -90,7 +70,7 @@ def pack_best_fit(docs: list[Doc], seq_len: int, pad_id: int) -> list[PackedRow]
     """Pack docs (each at most seq_len long) into rows of exactly seq_len tokens."""
     _check_fits(docs, seq_len)
     rows = []
-    for members in best_fit([len(d) for d in docs], seq_len):
+    for members in best_fit_decreasing([len(d) for d in docs], seq_len):
         row = PackedRow()
         for i in members:
             row.add(docs[i])
@@ -168,5 +148,5 @@ def pack_table(docs: list[Doc], seq_len: int, pad_id: int, packing: str) -> pa.T
     """The packed shard of docs: best-fit rows of seq_len tokens (`pack`) or one unpadded row per doc."""
     if packing == "pack":
         _check_fits(docs, seq_len)
-        return packed_table(docs, best_fit([len(d) for d in docs], seq_len), seq_len, pad_id)
+        return packed_table(docs, best_fit_decreasing([len(d) for d in docs], seq_len), seq_len, pad_id)
     return packed_table(docs, [[i] for i in range(len(docs))], None, pad_id)

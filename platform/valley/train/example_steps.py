@@ -10,19 +10,19 @@ has to tell another what to train, and a restarted run finds the same steps agai
 - every rank runs the step's largest per-rank count of micro-batches: ZeRO-3 gathers parameters with
   collectives, so a rank with fewer rows runs padding micro-batches whose targets are all ignored.
 
-The data stage's packer (`data/packing.py`) works on token lists; this one places lengths only, with the
-same rule (longest first, into the open row with the least room that still fits).
+Both this and the data stage's packer (`data/packing.py`) place lengths with `valley.binpack` (longest
+first, into the open row with the least room that still fits).
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from valley.binpack import best_fit_decreasing
 from valley.train.step_arithmetic import LastStep
 
 
@@ -48,20 +48,7 @@ def pack_lengths(lengths: Sequence[int], row_len: int) -> list[list[int]]:
     too_long = [i for i, n in enumerate(lengths) if n > row_len]
     if too_long:
         raise ValueError(f"items longer than a row of {row_len}: positions {too_long[:5]}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    rows: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (room left, row index), sorted
-    for i in order:
-        at = bisect.bisect_left(free, (lengths[i], -1))
-        if at < len(free):
-            room, r = free.pop(at)
-        else:
-            room, r = row_len, len(rows)
-            rows.append([])
-        rows[r].append(i)
-        if room - lengths[i] > 0:
-            bisect.insort(free, (room - lengths[i], r))
-    return rows
+    return best_fit_decreasing(lengths, row_len)
 
 
 @dataclass(frozen=True)
