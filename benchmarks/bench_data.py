@@ -8,10 +8,16 @@
    stays far below 10;
 4. the join (issue 10): OpenCodeReasoning-2-shaped traces with "-" questions joined on (dataset, split,
    index) to a TACO-shaped source, ingest + join only, at N and 10·N traces: peak RSS ratio (limit 1.2:
-   no table on the driver, bounded tasks) and traces/s.
+   no table on the driver, bounded tasks) and traces/s;
+5. each trace tokenized once (issue 29): the paper's subset set scaled down 10x (nested r100 ⊂ r1000 ⊂ r3000
+   ⊂ r10000, correct/incorrect 600 and easy/hard 400 TACO-like traces) on the throughput corpus: the
+   distinct traces the manifest counts as tokenized vs the subsets' memberships, and the data stage's wall
+   time against the code of `--baseline` (a commit, run from `git archive` in a fresh process each round,
+   which tokenizes every subset on its own), rounds interleaved on the same cores.
 
     python benchmarks/bench_data.py --small 100000 --large 1000000 --join-small 100000 --join-large 1000000
     python benchmarks/bench_data.py --join-only --join-small 100000 --join-large 1000000   # just the join
+    python benchmarks/bench_data.py --subsets-only --baseline 47f5a5a   # just ratio 5
 """
 
 from __future__ import annotations
@@ -242,6 +248,100 @@ def join_rss(n: int, tok_dir: Path, workdir: Path) -> dict:
             "peak_rss_mb_all": peak >> 20, "peak_rss_mb_driver": driver_peak >> 20, "matched": matched}
 
 
+PAPER_SUBSETS_10X = [
+    *({"name": f"r{n}", "kind": "random", "size": n} for n in (100, 1000, 3000, 10000)),
+    {"name": "correct", "kind": "correct", "sources": ["demo-taco"], "size": 600},
+    {"name": "incorrect", "kind": "incorrect", "sources": ["demo-taco"], "size": 600},
+    {"name": "easy", "kind": "easy", "sources": ["demo-taco"], "size": 400},
+    {"name": "hard", "kind": "hard", "sources": ["demo-taco"], "size": 400},
+]
+
+
+def write_labelled_corpus(path: Path, n: int) -> None:
+    """The throughput corpus with TACO-like traces labelled (4 in 5 correct), as after `valley label`."""
+    write_corpus(path.with_suffix(".tmp"), n)
+    with path.with_suffix(".tmp").open(encoding="utf-8") as src, path.open("w", encoding="utf-8") as out:
+        for i, line in enumerate(src):
+            row = json.loads(line)
+            if row["source"] == "demo-taco":
+                row["correct"] = i % 5 != 0
+            out.write(json.dumps(row) + "\n")
+    path.with_suffix(".tmp").unlink()
+
+
+def subsets_child(cfg_path: str, store: str) -> None:
+    """Runs in its own process (under either tree): the data stage on the subset set, timed, then what it
+    tokenized (the manifest's `documents`; before documents, every subset's traces)."""
+    from valley import runtime
+    from valley.data.config import DataConfig
+    from valley.data.stage import run_data
+    from valley.storage import Storage
+
+    runtime.init()
+    cfg = DataConfig.model_validate_json(Path(cfg_path).read_text())
+    t0 = time.perf_counter()
+    result = run_data(cfg, Storage(store))
+    seconds = time.perf_counter() - t0
+    manifest = json.loads(Path(store, result.stage_dir, "manifest.json").read_text())
+    memberships = sum(s["rows"] for s in result.subsets.values())
+    documents = manifest.get("documents")
+    print(json.dumps({"seconds": round(seconds, 2), "memberships": memberships,
+                      "traces_tokenized": documents["traces"] if documents else memberships,
+                      "documents": documents, "tokens_packed": sum(s["tokens"] for s in result.subsets.values()),
+                      "subsets": {k: {f: v[f] for f in ("rows", "sequences", "tokens")} for k, v in result.subsets.items()}}))
+
+
+def subset_set(corpus: Path, tok_dir: Path, work: Path, baseline: str | None, rounds: int) -> dict:
+    """Ratio 5: the subset set under this tree and (interleaved) under `baseline`; medians of `rounds`."""
+    cfg = work / "subsets.json"
+    cfg.write_text(json.dumps({"name": "subsets", "inputs": [str(corpus)], "tokenizer": str(tok_dir),
+                               "max_seq_len": 4096, "chunk_rows": 20_000, "group_docs": 4096,
+                               "subsets": PAPER_SUBSETS_10X}))
+    trees = {"documents": None}
+    if baseline:
+        old = work / f"baseline-{baseline}"
+        old.mkdir()
+        repo = Path(__file__).resolve().parents[1]
+        archive = subprocess.run(["git", "-C", str(repo), "archive", baseline, "platform"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        trees[f"baseline {baseline}"] = str(old / "platform")
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    for r in range(rounds):
+        for name, platform in trees.items():
+            env = dict(os.environ, RAY_AUTH_MODE="disabled")
+            if platform:
+                env["PYTHONPATH"] = platform
+            store = work / f"subsets-store-{r}-{len(runs[name])}-{name.split()[0]}"
+            proc = subprocess.run([sys.executable, __file__, "--subsets-child", str(cfg), str(store)], env=env,
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{name}: the data stage failed:\n{proc.stderr[-3000:]}")
+            out = proc.stdout
+            runs[name].append(json.loads(out.strip().splitlines()[-1]))
+            subprocess.run(["rm", "-rf", str(store)], check=False)
+            print(name, json.dumps({k: v for k, v in runs[name][-1].items() if k != "subsets"}), flush=True)
+    report: dict = {"subsets": PAPER_SUBSETS_10X, "rounds": rounds}
+    for name, results in runs.items():
+        seconds = sorted(x["seconds"] for x in results)
+        report[name] = {**{k: v for k, v in results[0].items() if k != "seconds"}, "seconds": seconds,
+                        "median_s": seconds[len(seconds) // 2]}
+    if baseline:
+        new, old = report["documents"], report[f"baseline {baseline}"]
+        if new["subsets"] != old["subsets"]:
+            raise SystemExit("the subsets differ between the trees")
+        report["ratio_time_documents_vs_baseline"] = round(new["median_s"] / old["median_s"], 3)
+        report["ratio_traces_tokenized"] = round(new["traces_tokenized"] / old["traces_tokenized"], 3)
+    return report
+
+
+
+def _print_and_save(report: dict, out: str | None) -> None:
+    """A partial run's report (--join-only, --subsets-only): printed, and saved where --out says."""
+    print(json.dumps(report, indent=2))
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--throughput-traces", type=int, default=20_000)
@@ -253,11 +353,19 @@ def main() -> None:
     ap.add_argument("--skip-join", action="store_true")
     ap.add_argument("--join-only", action="store_true", help="measure only the join (ratio 4)")
     ap.add_argument("--join-child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--subsets-only", action="store_true", help="measure only the subset set (ratio 5)")
+    ap.add_argument("--skip-subsets", action="store_true")
+    ap.add_argument("--baseline", default=None, help="a commit whose data stage ratio 5 is timed against")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of ratio 5 (median reported)")
+    ap.add_argument("--subsets-child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="write the JSON results here too")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.join_child:
         join_child(*args.join_child)
+        return
+    if args.subsets_child:
+        subsets_child(*args.subsets_child)
         return
     from valley.demo import build_demo_tokenizer
 
@@ -265,7 +373,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tok = build_demo_tokenizer(work / "tok")
-        if not args.skip_join:
+        if not args.skip_join and not args.subsets_only:
             small = join_rss(args.join_small, tok, work)
             print(json.dumps(small), flush=True)
             large = join_rss(args.join_large, tok, work)
@@ -275,10 +383,14 @@ def main() -> None:
                               "ratio_traces": args.join_large / args.join_small}
             print(json.dumps(report["join"]), flush=True)
         if args.join_only:
-            print(json.dumps(report, indent=2))
-            if args.out:
-                Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-            return
+            return _print_and_save(report, args.out)
+        if args.subsets_only or not args.skip_subsets:
+            labelled = work / "labelled.jsonl"
+            write_labelled_corpus(labelled, args.throughput_traces)
+            report["subset_set"] = subset_set(labelled, tok, work, args.baseline, args.rounds)
+            print(json.dumps(report["subset_set"]), flush=True)
+        if args.subsets_only:
+            return _print_and_save(report, args.out)
         corpus = work / "corpus.jsonl"
         write_corpus(corpus, args.throughput_traces)
         report["throughput"] = throughput(corpus, tok, work, seq_len=4096)

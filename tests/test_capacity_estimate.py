@@ -175,16 +175,31 @@ def test_gathered_parameters_follow_the_reuse_distance():
 
 
 def test_host_heap_slack_is_counted_on_cpu_only():
-    """glibc keeps freed heap pages (tensors under its 32 MiB mmap ceiling): the checkpoint load's on CPU
-    for the whole run, the backward's activations during the step; the GPU plan has neither term."""
+    """glibc keeps freed heap pages (tensors under the mmap threshold CPU training pins, 4 MiB): the checkpoint
+    load's on CPU for the whole run, the backward's activations during the step; the GPU plan has neither."""
     from valley.capacity.memory import heap_slack_bytes
+    from valley.train.host_memory import MMAP_THRESHOLD
 
+    assert MMAP_THRESHOLD == 4 * 1024 ** 2
     shape = ModelShape.from_config(KNOWN_SHAPES["qwen2.5-0.5b"])
     cpu = rank_memory(shape, TrainConfig(data="-", model="-", num_workers=2, global_batch_size=2, max_seq_len=1024),
                       2, device="cpu")
-    # every layer tensor and the final norm are under 32 MiB in fp32; the 544 MB embedding is mmapped
-    assert cpu.heap_slack == heap_slack_bytes(shape, 4) == 2 * 4 * (shape.layers * shape.layer_params + shape.hidden)
+    # in fp32 the attention projections (896 x 896: 3.2 MB), biases and norms are under 4 MiB; the MLP's
+    # 896 x 4,864 matrices (17 MB) and the 544 MB embedding are mmapped
+    mlp = 3 * shape.hidden * shape.intermediate
+    assert cpu.heap_slack == heap_slack_bytes(shape, 4) == 2 * 4 * (shape.layers * (shape.layer_params - mlp) + shape.hidden)
     assert cpu.optimizer_phase == cpu.optimizer_step + cpu.activations
     assert cpu.persistent == cpu.params + cpu.grads + cpu.optimizer + cpu.zero_buffers + cpu.heap_slack
     gpu = rank_memory(shape, TrainConfig(data="-", model="-", use_gpu=True, num_workers=8), 8)
     assert gpu.heap_slack == gpu.activation_heap_slack == 0 and gpu.optimizer_phase == gpu.optimizer_step
+
+
+def test_cpu_training_processes_pin_glibc_mmap_threshold():
+    """The plan's CPU heap terms assume train/host_memory.py's fixed threshold is in force (glibc only)."""
+    import platform
+
+    from valley.train.host_memory import pin_mmap_threshold
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert pin_mmap_threshold()

@@ -15,9 +15,10 @@ import real_tokenizers
 from valley.data.audit import DocFacts, doc_facts, percentiles, subset_audit, tally
 from valley.data.chat import ChatEncoder, load_tokenizer
 from valley.data.config import DataConfig, SubsetSpec
+from valley.data.documents import Policy, document_table, group_outcome
 from valley.data.eot import end_of_turn
 from valley.data.stage import run_data
-from valley.data.tokenize import TokenizePacker, encode_docs
+from valley.data.tokenize import DocumentPacker
 from valley.demo import build_demo_tokenizer, make_traces
 from valley.demo.model import CHATML_TEMPLATE
 from valley.errors import ConfigError, InputError
@@ -230,11 +231,20 @@ class PadMaskingEncoder(ChatEncoder):
             yield enc
 
 
-def _tokenize_in_process(groups, cfg, storage, out_dir, eot_id):
-    """run_tokenize without Ray, with the pad-masking mistake in the mask step."""
-    packer = TokenizePacker(cfg.model_dump_json(), storage.root, out_dir, eot_id)
-    packer.encoder = PadMaskingEncoder(cfg.tokenizer, cfg.system_prompt)
-    return [packer.one_group(g) for g in groups]
+def _documents_in_process(plan, cfg, storage, out_dir, eot_id):
+    """run_documents without Ray, with the pad-masking mistake in the mask step."""
+    packer = DocumentPacker(cfg.model_dump_json(), storage.root, out_dir, eot_id)
+    packer._encoder = PadMaskingEncoder(cfg.tokenizer, cfg.system_prompt)
+    docs = [packer.documents(g, plan.packed_with(g.group)) for g in plan.documents]
+    packs = [s for d in docs for s in d.pop("packs")]
+    return docs, packs + [packer.pack(p) for p in plan.packs if not p.with_documents]
+
+
+def _audit_tally(encoder, rows, cfg, eot_id):
+    """The label audit's tally of rows, encoded and put through the over-length policy as the stage does."""
+    encoded = encoder.iter_encode([(r["question"], r["response"]) for r in rows])
+    docs = document_table([r["id"] for r in rows], encoded, Policy(cfg.max_seq_len, cfg.overlength, eot_id))
+    return group_outcome(docs, cfg.max_seq_len).audit
 
 
 def test_audit_refuses_a_pad_is_eos_subset_whose_mask_drops_the_end_of_turn(ray_local, corpus, pad_is_eos_tok,
@@ -247,7 +257,7 @@ def test_audit_refuses_a_pad_is_eos_subset_whose_mask_drops_the_end_of_turn(ray_
     audit = read_audit(good, result.stage_dir, "r40")
     assert audit.pad_id == audit.eot_id and audit.eot_in_loss == audit.eot_checked == 40
 
-    monkeypatch.setattr(stage, "run_tokenize", _tokenize_in_process)
+    monkeypatch.setattr(stage, "run_documents", _documents_in_process)
     bad = Storage(str(tmp_path / "bad"))
     with pytest.raises(InputError) as err:
         run_data(cfg, bad)
@@ -299,13 +309,13 @@ def test_real_r1_traces_with_real_tokenizers(shared_data, tmp_path):
         encoder = ChatEncoder(str(tok_dir))
         eot_id, eot_token = end_of_turn(encoder.tok, str(tok_dir))
         cfg = DataConfig(name="r1", inputs=[str(archive)], tokenizer=str(tok_dir), max_seq_len=32768)
-        audit = subset_audit("r1", [encode_docs(encoder, rows, cfg, eot_id)[1]["audit"]], eot_id=eot_id,
+        audit = subset_audit("r1", [_audit_tally(encoder, rows, cfg, eot_id)], eot_id=eot_id,
                              eot_token=eot_token, pad_id=encoder.pad_id, max_seq_len=32768, overlength="drop")
         assert (audit.documents, audit.eot_in_loss, audit.closed_think, audit.fenced_after_think) == (10, 10, 10, 10)
         assert audit.refusal() is None and 0.5 < audit.think_tokens_share < audit.loss_tokens_share < 1
         assert audit.length_percentiles["p50"] > 1000 and audit.truncated == 0
     assert encoder.pad_id == eot_id
     bad = PadMaskingEncoder(str(qwen_eos_pad))
-    audit = subset_audit("r1", [encode_docs(bad, rows, cfg, eot_id)[1]["audit"]], eot_id=eot_id, eot_token=eot_token,
+    audit = subset_audit("r1", [_audit_tally(bad, rows, cfg, eot_id)], eot_id=eot_id, eot_token=eot_token,
                          pad_id=bad.pad_id, max_seq_len=32768, overlength="drop")
     assert audit.eot_in_loss == 0 and "pad = eos and the mask drops it" in audit.refusal()

@@ -140,3 +140,35 @@ def test_vllm_stage_through_both_pools(model_dir, shared_data, tmp_path):
         samples[mode] = sorted(zip(table.column("question_id").to_pylist(), table.column("sample_idx").to_pylist(),
                                    table.column("response").to_pylist(), strict=True))
     assert samples["data"] == samples["stream"]
+
+
+def test_vllm_loads_the_real_student_and_stops_at_its_end_of_turn():
+    """SmolLM2-135M-Instruct (`valley model smollm2`; a Llama with tied embeddings, ChatML, eos <|im_end|>) in
+    vLLM: greedy tokens as transformers' on the same prompt, and a turn that ends by itself ends as "stop"."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from valley.demo.real_student import RealStudentError, smollm2
+    from valley.generate.prompts import encode_prompt, render_prompt
+
+    try:
+        model_dir = str(smollm2())
+    except RealStudentError as exc:
+        pytest.skip(str(exc))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    problem = {"question_content": "Read an integer N from standard input and print N + 1.", "starter_code": ""}
+    prompt = render_prompt(tok, problem)
+    ids = encode_prompt(tok, prompt)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    reference = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                            max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
+    del hf
+    backend = make_backend("vllm", model_dir, dtype="float32", max_model_len=2048,
+                           gpu_memory_utilization=_memory_share(), enforce_eager=True)
+    try:
+        short, whole = backend.generate([Request("q", 0, prompt, 1, max_tokens=24), Request("q", 1, prompt, 2)],
+                                        Sampling(temperature=0.0, top_p=1.0, max_tokens=400))
+    finally:
+        backend.close()
+    assert tok.encode(short.text, add_special_tokens=False)[:16] == reference[:16]
+    assert whole.finish_reason == "stop" and whole.n_tokens < 400 and "<|im_end|>" not in whole.text

@@ -52,6 +52,25 @@ TOKENIZED = pa.schema(
     ]
 )
 
+# One templated, tokenized trace of a data run (`documents/`), made once and packed into every subset that
+# takes it. Ids and mask are the document as trained (cut to max_seq_len under `truncate`; empty when dropped);
+# the rest is what the subset's stats and label audit need without the text.
+DOCUMENTS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("loss_mask", pa.list_(pa.int8()), nullable=False),
+        pa.field("n_tokens", pa.int32()),  # as rendered, before any cut
+        pa.field("dropped", pa.string()),  # null: trained; overlength | no_assistant_tokens
+        pa.field("truncated", pa.bool_()),
+        pa.field("loss_tokens", pa.int32()),
+        pa.field("eot_in_loss", pa.bool_()),  # null: not trained, or cut (no end of turn left)
+        pa.field("closed_think", pa.bool_()),
+        pa.field("fenced_after_think", pa.bool_()),
+        pa.field("think_tokens", pa.int32()),
+    ]
+)
+
 # LiveCodeBench-style evaluation problems.
 PROBLEMS = pa.schema(
     [

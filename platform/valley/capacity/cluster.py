@@ -28,12 +28,15 @@ INSTANCE_GPUS: dict[str, tuple[str, float]] = {
 
 @dataclass(frozen=True)
 class GpuNode:
-    """One node type's accelerators."""
+    """One node type's accelerators, and how many such nodes the study's schedule is predicted on."""
 
     node_type: str
     gpus_per_node: int
     gpu_name: str
     gpu_mem_gib: float
+    nodes: int = 1  # the cluster file's max_workers of the type (what the autoscaler may bring up)
+    cpus_per_node: float = 0.0  # 0: CPUs not counted in the schedule
+    nodes_at_launch: int | None = None  # its min_workers: what a study sees when it starts (None: all)
 
 
 DEFAULT_NODE = GpuNode("default", 8, "H100", 79.6)
@@ -62,14 +65,21 @@ def gpu_node_from_cluster(path: str | Path) -> GpuNode:
             raise ConfigError(f"{path}: node type {name!r} has instance type {instance!r}, whose GPU memory is "
                               f"not known here; pass --gpu-mem (GiB) and --gpu-name")
         gpu_name, mem = INSTANCE_GPUS[instance]
-        return GpuNode(name, gpus, gpu_name, mem)
+        most = max(1, int(node.get("max_workers", 1)))
+        return GpuNode(name, gpus, gpu_name, mem, nodes=most,
+                       cpus_per_node=float((node.get("resources") or {}).get("CPU", 0.0)),
+                       nodes_at_launch=min(most, int(node.get("min_workers", 0))))
     raise ConfigError(f"{path}: no node type with GPU resources")
 
 
 def resolve_node(cluster: str | None = None, gpus_per_node: int | None = None, gpu_mem_gib: float | None = None,
-                 gpu_name: str | None = None) -> GpuNode:
-    """Flags override the cluster file, which overrides the default (8× H100 80GB)."""
+                 gpu_name: str | None = None, nodes: int | None = None) -> GpuNode:
+    """Flags override the cluster file, which overrides the default (one node of 8× H100 80GB). `--nodes`
+    means that many nodes are up when the study starts; per-node CPUs of the file are kept only while its
+    GPU count is."""
     path = cluster or default_cluster_file()
     node = gpu_node_from_cluster(path) if path else DEFAULT_NODE
+    cpus = node.cpus_per_node if gpus_per_node in (None, node.gpus_per_node) else 0.0
     return GpuNode(node.node_type if path else "flags", gpus_per_node or node.gpus_per_node,
-                   gpu_name or node.gpu_name, gpu_mem_gib or node.gpu_mem_gib)
+                   gpu_name or node.gpu_name, gpu_mem_gib or node.gpu_mem_gib, nodes=nodes or node.nodes,
+                   cpus_per_node=cpus, nodes_at_launch=None if nodes else node.nodes_at_launch)

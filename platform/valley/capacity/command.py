@@ -18,6 +18,8 @@ def add_plan_flags(p: argparse.ArgumentParser) -> None:
     d = Assumptions()
     p.add_argument("--cluster", default=None, help="Ray cluster file with the GPU node type (default: ./ray_cluster.yaml)")
     p.add_argument("--gpus-per-node", type=int, default=None, help="override the cluster file's GPUs per node")
+    p.add_argument("--nodes", type=int, default=None, help="GPU nodes to predict the study's wall-clock on (default: "
+                   "the cluster file's max_workers of its GPU node type; given, they are taken to be up at launch)")
     p.add_argument("--gpu-mem", type=float, default=None, help="GiB of memory per GPU (override)")
     p.add_argument("--gpu-name", default=None, help="device for the bf16 peak, e.g. H100, H200, A100")
     p.add_argument("--mfu", type=float, default=d.mfu, help=f"assumed model FLOPs utilisation (default {d.mfu})")
@@ -38,7 +40,7 @@ def plan_from_args(args: argparse.Namespace) -> StudyEstimate:
     from valley.capacity.cluster import resolve_node
     from valley.capacity.estimate import estimate_spec_file
 
-    node = resolve_node(args.cluster, args.gpus_per_node, args.gpu_mem, args.gpu_name)
+    node = resolve_node(args.cluster, args.gpus_per_node, args.gpu_mem, args.gpu_name, args.nodes)
     assumptions = Assumptions(mfu=args.mfu, gen_tokens_per_s=args.gen_tokens_per_s,
                               tokens_per_trace=args.tokens_per_trace, problems=args.problems)
     return estimate_spec_file(args.spec, args.overrides, node=node, assumptions=assumptions,

@@ -22,6 +22,7 @@ from typing import Any
 from valley.capacity.assumptions import Assumptions
 from valley.capacity.cluster import GpuNode
 from valley.capacity.memory import GIB, ModelShape, RankMemory, packed_length, rank_memory, resolve_attn
+from valley.capacity.schedule import ScheduleEstimate, predict_schedule, stage_work
 from valley.experiment.graph import StudyGraph, plan_study
 from valley.manifest import MANIFEST, Manifest, SubsetSummary
 from valley.storage import SUCCESS, Storage
@@ -109,6 +110,7 @@ class StudyEstimate:
     evaluate: list[EvalEstimate] = field(default_factory=list)
     totals: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    schedule: ScheduleEstimate | None = None  # the predicted wall-clock on the cluster (capacity/schedule.py)
 
     @property
     def all_fit(self) -> bool:
@@ -117,7 +119,8 @@ class StudyEstimate:
     def as_dict(self) -> dict[str, Any]:
         return {"experiment": self.experiment, "node": self.node, "assumptions": self.assumptions,
                 "train": [asdict(t) for t in self.train], "evaluate": [asdict(e) for e in self.evaluate],
-                "totals": self.totals, "all_fit": self.all_fit, "notes": self.notes}
+                "totals": self.totals, "all_fit": self.all_fit, "notes": self.notes,
+                "schedule": self.schedule.as_dict() if self.schedule is not None else None}
 
 
 # ---------------------------------------------------------------- the runs of a spec
@@ -434,7 +437,23 @@ def estimate_study(spec: Any, node: GpuNode, assumptions: Assumptions | None = N
                               f"{train_cfgs[run.arm].global_batch_size}; the trainer refuses it")
     plan.evaluate = _eval_estimates(spec, graph, storage, a, plan.notes)
     plan.totals = _totals(plan)
+    plan.schedule = _schedule(spec, graph, plan, node)
     return plan
+
+
+def _schedule(spec: Any, graph: StudyGraph, plan: StudyEstimate, node: GpuNode) -> ScheduleEstimate | None:
+    """The study's predicted schedule on the cluster, or None (with a note) when a run fits no node."""
+    from valley.experiment.simulate import Unplaceable
+
+    runs = {r.run_id: r for r in graph.runs}
+    replicas = {f"generate:{e.run}": spec.arm_generate_config(runs[e.run].arm, runs[e.run].student).pool.replicas
+                for e in plan.evaluate}
+    work = stage_work(graph, plan.train, plan.evaluate, replicas)
+    try:
+        return predict_schedule(graph, work, node, spec.max_concurrent.model_dump())
+    except Unplaceable as exc:
+        plan.notes.append(f"no schedule predicted: {exc}")
+        return None
 
 
 def _readable_storage(root: str | None, notes: list[str]) -> Storage | None:

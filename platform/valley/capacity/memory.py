@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from valley.train.config import TrainConfig
+from valley.train.host_memory import MMAP_THRESHOLD
 
 GIB = 1024 ** 3
 
@@ -270,9 +271,9 @@ def retained_params_bytes(shape: ModelShape, cfg: TrainConfig, zero: dict[str, A
     return (max(0, peak - shape.largest_layer_params) + shape.persistent_params(threshold)) * p_bytes
 
 
-# glibc's malloc serves an allocation from the heap below its mmap threshold, which rises with use up to
-# DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit); heap pages stay resident after free, mmapped ones do not
-GLIBC_MMAP_CEILING = 32 * 1024 ** 2
+# glibc's malloc serves an allocation from the heap below its mmap threshold; heap pages stay resident after
+# free, mmapped ones do not. CPU training processes fix the threshold at MMAP_THRESHOLD (train/host_memory.py);
+# left to itself it rises with use up to 32 MiB on 64-bit
 
 
 def heap_slack_bytes(shape: ModelShape, p_bytes: int) -> int:
@@ -283,7 +284,7 @@ def heap_slack_bytes(shape: ModelShape, p_bytes: int) -> int:
     freed blocks to later allocations (and empties its cache before failing one), so no term."""
     tensors = shape.layer_tensors() * shape.layers + [shape.hidden] + [shape.embedding_params] * (
         1 if shape.tied else 2)
-    return 2 * sum(n * p_bytes for n in tensors if n * p_bytes < GLIBC_MMAP_CEILING)
+    return 2 * sum(n * p_bytes for n in tensors if n * p_bytes < MMAP_THRESHOLD)
 
 
 def activation_bytes(shape: ModelShape, tokens: int, act_bytes: int, checkpointing: bool) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from valley.capacity.estimate import StudyEstimate, TrainEstimate
+from valley.capacity.schedule import ScheduleEstimate
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -70,4 +71,31 @@ def render_plan(plan: StudyEstimate) -> str:
               f"{a['reserve_fraction']:.0%} of device memory reserved (flags: --mfu, --gen-tokens-per-s, "
               "--tokens-per-trace)",
               *[f"Note: {n}" for n in plan.notes]]
+    if plan.schedule is not None:
+        parts.append(render_schedule(plan.schedule))
     return "\n\n".join(parts) + "\n"
+
+
+def _limits(limits: dict[str, int | None]) -> str:
+    return ", ".join(f"{k} {'unlimited' if v is None else v}" for k, v in limits.items())
+
+
+def render_schedule(s: ScheduleEstimate) -> str:
+    """The predicted wall-clock, what it waits on, and each node's predicted start."""
+    cpus = f" and {s.cpus_per_node:g} CPUs each" if s.cpus_per_node else " each"
+    hours = {r["node"]: r["hours"] for r in s.rows}
+    lines = [f"Schedule (the executor's own policy simulated on {s.nodes} node(s) x {s.gpus_per_node} GPUs{cpus}; "
+             f"at once at most: {_limits(s.limits)}):",
+             f"Predicted wall-clock: {s.makespan_hours:,.1f} h ({s.makespan_hours / 24:,.1f} days); no schedule "
+             f"beats {s.dependency_bound_hours:,.1f} h (its longest chain of inputs); "
+             f"{', '.join(s.not_estimated)} runs not estimated (counted as no time)",
+             "Critical path: " + " -> ".join(f"{n} ({hours.get(n, 0.0):,.1f} h)" for n in s.critical_path)]
+    if s.at_launch is not None:
+        lines.append(f"At launch only {s.at_launch['nodes_up']} GPU node(s) of the cluster file are up (min_workers), "
+                     f"so the executor would run at most {_limits(s.at_launch['limits'])}: "
+                     f"{s.at_launch['makespan_hours']:,.1f} h. Start the GPU nodes first (or pass --nodes) or set "
+                     "max_concurrent in the spec to get the schedule above.")
+    rows = [[r["node"], r["kind"], f"{r['hours']:,.1f}", f"{r['start_h']:,.1f}", f"{r['placed_h'] - r['start_h']:,.1f}",
+             f"{r['end_h']:,.1f}"] for r in s.rows]
+    lines.append(_table(["node", "kind", "hours", "start h", "waits h", "end h"], rows))
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from valley import schemas
 from valley.binpack import best_fit_decreasing
@@ -150,3 +151,58 @@ def pack_table(docs: list[Doc], seq_len: int, pad_id: int, packing: str) -> pa.T
         _check_fits(docs, seq_len)
         return packed_table(docs, best_fit_decreasing([len(d) for d in docs], seq_len), seq_len, pad_id)
     return packed_table(docs, [[i] for i in range(len(docs))], None, pad_id)
+
+
+def pack_documents(docs: pa.Table, seq_len: int, pad_id: int, packing: str) -> pa.Table:
+    """`pack_table` of documents held as Arrow columns (id, input_ids, loss_mask: schemas.DOCUMENTS'): the
+    same rows, gathered with numpy instead of through Python lists."""
+    lengths = pc.list_value_length(docs.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+    if packing == "pack":
+        too_long = [t for t, n in zip(docs.column("id").to_pylist(), lengths) if n > seq_len]
+        if too_long:
+            raise ValueError(f"documents longer than seq_len={seq_len}: {too_long[:5]}")
+        rows, width = best_fit_decreasing(lengths.tolist(), seq_len), seq_len
+    else:
+        rows, width = [[i] for i in range(len(lengths))], None
+    ids = _flat(docs.column("input_ids"), np.int32, pad_id)
+    mask = _flat(docs.column("loss_mask"), np.int8, 0)
+    starts = np.cumsum(lengths) - lengths
+    pad_at = len(ids) - 1  # the pad value _flat appends
+    seg_start: list[int] = []
+    seg_len: list[int] = []
+    row_ends: list[int] = []
+    total = 0
+    for members in rows:
+        used = 0
+        for i in members:
+            seg_start.append(int(starts[i]))
+            seg_len.append(int(lengths[i]))
+            used += int(lengths[i])
+        pad = width - used if width is not None else 0
+        if pad > 0:
+            seg_start.append(pad_at)
+            seg_len.append(pad)
+        total += used + max(pad, 0)
+        row_ends.append(total)
+    positions = _positions(seg_len)
+    step = np.repeat(np.asarray([s != pad_at for s in seg_start], dtype=np.int64), seg_len)
+    gather = np.repeat(np.asarray(seg_start, dtype=np.int64), seg_len) + positions.astype(np.int64) * step
+    loss = np.concatenate([[0], np.cumsum(mask[:-1], dtype=np.int64)])
+    doc_loss = loss[starts + lengths] - loss[starts]
+    trace_ids = docs.column("id").to_pylist()
+    columns = [
+        _list_column(pa.array(ids[gather]), row_ends),
+        _list_column(pa.array(mask[gather]), row_ends),
+        _list_column(pa.array(positions), row_ends),
+        pa.array([len(m) for m in rows], pa.int32()),
+        pa.array([int(lengths[m].sum()) for m in rows], pa.int32()),
+        pa.array([int(doc_loss[m].sum()) for m in rows], pa.int32()),
+        pa.array([[trace_ids[i] for i in m] for m in rows], pa.list_(pa.string())),
+    ]
+    return pa.Table.from_arrays(columns, schema=schemas.TOKENIZED)
+
+
+def _flat(column: pa.ChunkedArray, dtype: type, pad: int) -> np.ndarray:
+    """A list column's values in one array, with `pad` appended (what padding segments gather)."""
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False) if len(column) else np.empty(0, dtype)
+    return np.append(values.astype(dtype, copy=False), np.asarray([pad], dtype))

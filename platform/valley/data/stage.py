@@ -1,11 +1,12 @@
-"""`run_data`: ingest → validate → select subsets → template/tokenize/pack, with a manifest.
+"""`run_data`: ingest → validate → select subsets → template/tokenize once → pack each subset, with a manifest.
 
 Output layout under `data/<name>-<hash>/`:
   traces/*.parquet            validated traces (schemas.TRACES)
   pending/, _join/            with `joins`: traces waiting for, and the partitions of, the join (joins.py)
   rejects/*.parquet           refused rows with file, row, field and reason (schemas.REJECTS)
   subsets/<subset>.parquet    ids of each subset in seeded order
-  tokenized/<subset>/*.parquet packed training rows (schemas.TOKENIZED)
+  documents/*.parquet         every trace some subset takes, templated and tokenized once (schemas.DOCUMENTS)
+  tokenized/<subset>/*.parquet packed training rows (schemas.TOKENIZED), packed from documents/
   dropped/<subset>.parquet    traces removed by the over-length policy (ids, token counts)
   audit/<subset>.json         the label audit (valley.manifest.SubsetAudit); a subset whose documents do not
                               all train on their end-of-turn token is refused: the run fails, no _SUCCESS
@@ -21,7 +22,7 @@ import logging
 import posixpath
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -35,6 +36,7 @@ from valley.data.conditions import (
     length_columns,
 )
 from valley.data.config import ColumnMapping, DataConfig, SubsetSpec
+from valley.data.document_plan import plan_documents
 from valley.data.eot import end_of_turn
 from valley.data.ingest import run_ingest
 from valley.data.joins import check_inputs, run_joins
@@ -46,7 +48,7 @@ from valley.data.subsets import (
     split_duplicate_ids,
     with_answer_counts,
 )
-from valley.data.tokenize import plan_groups, run_tokenize, warm_workers
+from valley.data.tokenize import DOCUMENTS_DIR, run_documents, warm_workers
 from valley.errors import ConfigError, InputError
 from valley.manifest import AUDIT_DIR, Manifest, SubsetAudit, pad_of
 from valley.stage import StageResult, run_stage
@@ -67,7 +69,11 @@ class DataResult(StageResult):
     rejected_by_reason: dict[str, int]
     questions_deduplicated: int = 0  # traces kept out of every subset by `dedup_questions`
     subsets: dict[str, dict[str, Any]]  # each with `path`: its tokenized rows, under the storage root
+    documents: dict[str, Any] = {}  # traces tokenized (each once) and the subset memberships they served
     warnings: list[str] = []  # the label audits' (truncation above max_truncated_share)
+
+    # the documents are what every subset was packed from; no later stage reads them
+    size_only: ClassVar[tuple[str, ...]] = (DOCUMENTS_DIR,)
 
 
 def _fingerprint(paths: list[str]) -> str:
@@ -191,13 +197,16 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
     for name, table in selected.items():
         storage.write_parquet(table.select(["id", "question_id", "part"]), out, "subsets", f"{name}.parquet")
 
-    # 4. template, tokenize, pack, audit the labels
+    # 4. template and tokenize each trace once, pack each subset from the documents, audit the labels
     _save_tokenizer(cfg, storage, out)
     tok = load_tokenizer(cfg.tokenizer)
     eot_id, eot_token = end_of_turn(tok, cfg.tokenizer)
     pad_id, pad_from = pad_of(tok)
-    groups = [g for name, table in selected.items() for g in plan_groups(name, table, cfg.group_docs)]
-    all_stats = run_tokenize(groups, cfg, storage, out, eot_id)
+    plan = plan_documents(selected, cfg.group_docs)
+    doc_stats, all_stats = run_documents(plan, cfg, storage, out, eot_id)
+    documents = {"path": posixpath.join(out, DOCUMENTS_DIR), "parts": len(doc_stats),
+                 "traces": sum(s["docs"] for s in doc_stats), "tokens": sum(s["tokens"] for s in doc_stats),
+                 "memberships": plan.memberships}
     subsets: dict[str, dict[str, Any]] = {}
     audits: list[SubsetAudit] = []
     for name, table in selected.items():
@@ -222,6 +231,7 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
         "rejected_by_reason": dict(reasons),
         "questions_deduplicated": accepted - ordered.num_rows,
         "subsets": subsets,
+        "documents": documents,
     }
     manifest = dict(summary, **({"joins": joins} if joins is not None else {}), seq_len=cfg.max_seq_len, packing=cfg.packing, tokenizer=cfg.tokenizer, pad_id=pad_id, pad_id_from=pad_from,
                     think_structure=dict(think), inputs=files, config=cfg.model_dump(mode="json"))

@@ -1,9 +1,11 @@
-"""Tokenize and pack one subset with Ray tasks (the tokenizer loads once per worker process).
+"""Make a data run's documents and pack every subset from them, with Ray tasks (the tokenizer loads once
+per worker process).
 
-The subset's rows are cut, in storage order, into groups of `group_docs` documents; group g becomes
-`tokenized/<subset>/part-<g>.parquet`, then a stats sidecar marks it finished. Groups are fixed by the
-data, not by Ray's scheduling, so shards are identical run after run, and a re-run redoes only the groups
-whose sidecar is missing (or lacks the label audit's tally: written before audits existed).
+Documents group g (see document_plan.py) is templated, tokenized and written as
+`documents/part-<g>.parquet`; subset group k becomes `tokenized/<subset>/part-<k>.parquet`, then a stats
+sidecar marks it finished. Groups are fixed by the data, not by Ray's scheduling, so files are identical
+run after run, and a re-run redoes only what is missing: a documents part that exists is not encoded
+again, a subset group with its sidecar (holding the label audit's tally) is not packed again.
 """
 
 from __future__ import annotations
@@ -16,51 +18,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from valley.data.audit import DocFacts, doc_facts, tally
 from valley.data.chat import ChatEncoder, PortableEncoder
 from valley.data.config import DataConfig
-from valley.data.packing import Doc, pack_table
+from valley.data.document_plan import DocGroup, DocumentPlan, PackGroup
+from valley.data.documents import Policy, document_table, group_outcome
+from valley.data.packing import pack_documents
 from valley.storage import Storage
 
+DOCUMENTS_DIR = "documents"
 TOKENIZE_STATS_DIR = "_stats"
 
 
-def plan_groups(subset: str, members: pa.Table, group_docs: int) -> list[dict[str, Any]]:
-    """Cut a subset (columns id, part, source_file, source_row) into fixed groups in storage order."""
-    ordered = members.sort_by([("part", "ascending"), ("source_file", "ascending"), ("source_row", "ascending"),
-                               ("id", "ascending")])
-    groups = []
-    for g, start in enumerate(range(0, ordered.num_rows, group_docs)):
-        piece = ordered.slice(start, group_docs)
-        groups.append({"subset": subset, "group": g, "parts": sorted(set(piece.column("part").to_pylist())),
-                       "ids": piece.column("id").to_pylist()})
-    return groups
-
-
-def encode_docs(encoder: ChatEncoder, rows: list[dict], cfg: DataConfig,
-                eot_id: int) -> tuple[list[Doc], dict[str, Any]]:
-    """Template + tokenize rows, then apply the over-length policy. Returns docs and what was dropped,
-    with the label audit's tally of the rows (`audit`; `eot_id` is the template's end-of-turn token)."""
-    encoded = encoder.iter_encode([(r["question"], r["response"]) for r in rows])
-    docs, dropped, truncated, no_loss, facts = [], [], 0, [], []
-    for row, enc in zip(rows, encoded):
-        ids, mask = enc.input_ids, enc.loss_mask
-        n = len(ids)
-        if n > cfg.max_seq_len:
-            if cfg.overlength == "drop":
-                dropped.append({"id": row["id"], "n_tokens": n, "reason": "overlength"})
-                facts.append(DocFacts(row["id"], n, cut=True))
-                continue
-            ids, mask = ids[: cfg.max_seq_len], mask[: cfg.max_seq_len]
-            truncated += 1
-        if not any(mask):
-            no_loss.append({"id": row["id"], "n_tokens": len(ids), "reason": "no_assistant_tokens"})
-            facts.append(DocFacts(row["id"], n, cut=n > cfg.max_seq_len))
-            continue
-        docs.append(Doc(row["id"], ids, mask))
-        facts.append(doc_facts(row["id"], enc.input_ids, enc.loss_mask, enc.offsets, enc.text, enc.prompt_chars,
-                               len(ids), eot_id))
-    return docs, {"dropped": dropped + no_loss, "truncated": truncated, "audit": tally(facts)}
+def part_name(group: int) -> str:
+    return f"part-{group:05d}"
 
 
 def group_rows(table: pa.Table, ids: list[str]) -> list[dict[str, str]]:
@@ -72,49 +42,104 @@ def group_rows(table: pa.Table, ids: list[str]) -> list[dict[str, str]]:
     return [{"id": i, "question": questions[at[i]], "response": responses[at[i]]} for i in ids]
 
 
-class TokenizePacker:
-    """Owns one ChatEncoder (one per worker process, see _tokenize_group); turns a group of trace ids into
-    one packed shard."""
+class DocumentPacker:
+    """One worker process's encoder and storage: makes documents groups and packs subset groups."""
 
     def __init__(self, cfg_json: str, storage_root: str, out_dir: str, eot_id: int,
                  portable: dict[str, Any] | None = None):
         self.cfg = DataConfig.model_validate_json(cfg_json)
         self.storage = Storage(storage_root)
         self.out_dir = out_dir
-        self.eot_id = eot_id
-        # The driver's spliced template and Rust tokenizer when it has them: no transformers to import here.
-        self.encoder = PortableEncoder(portable) if portable else ChatEncoder(self.cfg.tokenizer, self.cfg.system_prompt)
+        self.policy = Policy(self.cfg.max_seq_len, self.cfg.overlength, eot_id)
+        self.portable = portable
+        self._encoder: ChatEncoder | None = None
 
-    def one_group(self, group: dict[str, Any]) -> dict[str, Any]:
-        name = f"part-{group['group']:05d}"
-        sub = posixpath.join(self.out_dir, "tokenized", group["subset"])
-        if self.storage.exists(sub, TOKENIZE_STATS_DIR, f"{name}.json"):
-            stats = self.storage.read_json(sub, TOKENIZE_STATS_DIR, f"{name}.json")
+    @property
+    def encoder(self) -> ChatEncoder:
+        """Built on first use (a process that only packs never loads it): from the driver's spliced template
+        and Rust tokenizer when it has them, so no transformers to import here."""
+        if self._encoder is None:
+            self._encoder = (PortableEncoder(self.portable) if self.portable
+                             else ChatEncoder(self.cfg.tokenizer, self.cfg.system_prompt))
+        return self._encoder
+
+    def documents(self, group: DocGroup, packs: list[PackGroup]) -> dict[str, Any]:
+        """Encode a documents group (unless its part exists), then pack the subset groups that are exactly
+        it; returns its counts and those groups' stats."""
+        name = f"{part_name(group.group)}.parquet"
+        table = None
+        if not self.storage.exists(self.out_dir, DOCUMENTS_DIR, name):
+            table = self.encode(group)
+            self.storage.write_parquet(table, self.out_dir, DOCUMENTS_DIR, name)
+        stats = []
+        for pack in packs:
+            done = self.finished(pack)
+            if done is None and table is None:
+                table = self.storage.read_parquet(self.out_dir, DOCUMENTS_DIR, name)
+            stats.append(done if done is not None else self.pack_from(pack, table))
+        counts = table if table is not None else self.storage.read_parquet(self.out_dir, DOCUMENTS_DIR, name,
+                                                                            columns=["n_tokens"])
+        return {"group": group.group, "docs": counts.num_rows,
+                "tokens": pc.sum(counts.column("n_tokens")).as_py() or 0, "packs": stats}
+
+    def encode(self, group: DocGroup) -> pa.Table:
+        tables = [self.storage.read_parquet(self.out_dir, "traces", part, columns=["id", "question", "response"])
+                  for part in group.parts]
+        rows = group_rows(pa.concat_tables(tables), group.ids)
+        encoded = self.encoder.iter_encode([(r["question"], r["response"]) for r in rows])
+        return document_table(group.ids, encoded, self.policy)
+
+    def pack(self, pack: PackGroup) -> dict[str, Any]:
+        """Pack a subset group from the documents parts that hold its traces (unless already packed)."""
+        done = self.finished(pack)
+        return done if done is not None else self.pack_from(pack, self.members(pack))
+
+    def members(self, pack: PackGroup) -> pa.Table:
+        """A subset group's documents in its order, read part by part (each part filtered as it is read)."""
+        wanted = pa.array(pack.ids, pa.string())
+        tables = []
+        for g in pack.docs:
+            part = self.storage.read_parquet(self.out_dir, DOCUMENTS_DIR, f"{part_name(g)}.parquet")
+            tables.append(part.filter(pc.is_in(part.column("id"), value_set=wanted)))
+        table = pa.concat_tables(tables)
+        if table.column("id").to_pylist() != pack.ids:
+            raise RuntimeError(f"documents of {pack.subset} group {pack.group} are not its traces in its order")
+        return table
+
+    def finished(self, pack: PackGroup) -> dict[str, Any] | None:
+        """A packed group's stats from its sidecar; None when it is missing or predates the label audit."""
+        sub = posixpath.join(self.out_dir, "tokenized", pack.subset)
+        sidecar = (TOKENIZE_STATS_DIR, f"{part_name(pack.group)}.json")
+        if self.storage.exists(sub, *sidecar):
+            stats = self.storage.read_json(sub, *sidecar)
             if "audit" in stats:
                 return stats
-        tables = [
-            self.storage.read_parquet(self.out_dir, "traces", part, columns=["id", "question", "response"])
-            for part in group["parts"]
-        ]
-        rows = group_rows(pa.concat_tables(tables), group["ids"])
-        docs, dropped = encode_docs(self.encoder, rows, self.cfg, self.eot_id)
-        packed = pack_table(docs, self.cfg.max_seq_len, self.encoder.pad_id, self.cfg.packing)
-        self.storage.write_parquet(packed, sub, f"{name}.parquet")
+        return None
+
+    def pack_from(self, pack: PackGroup, docs: pa.Table) -> dict[str, Any]:
+        """Write a subset group's shard and stats sidecar from its documents (`docs`, in its order)."""
+        outcome = group_outcome(docs, self.cfg.max_seq_len)
+        packed = pack_documents(outcome.trained, self.cfg.max_seq_len, self.encoder_pad_id(), self.cfg.packing)
+        sub = posixpath.join(self.out_dir, "tokenized", pack.subset)
+        self.storage.write_parquet(packed, sub, f"{part_name(pack.group)}.parquet")
         stats = {
-            "subset": group["subset"],
-            "group": group["group"],
-            "docs_in": len(rows),
-            "docs": len(docs),
+            "subset": pack.subset,
+            "group": pack.group,
+            "docs_in": docs.num_rows,
+            "docs": outcome.trained.num_rows,
             "sequences": packed.num_rows,
             "tokens": pc.sum(packed.column("n_tokens")).as_py() or 0,
             "loss_tokens": pc.sum(packed.column("n_loss_tokens")).as_py() or 0,
             "slots": pc.sum(pc.list_value_length(packed.column("input_ids"))).as_py() or 0,
-            "truncated": dropped["truncated"],
-            "dropped": dropped["dropped"],
-            "audit": dropped["audit"],
+            "truncated": outcome.truncated,
+            "dropped": outcome.dropped,
+            "audit": outcome.audit,
         }
-        self.storage.write_json(stats, sub, TOKENIZE_STATS_DIR, f"{name}.json")
+        self.storage.write_json(stats, sub, TOKENIZE_STATS_DIR, f"{part_name(pack.group)}.json")
         return stats
+
+    def encoder_pad_id(self) -> int:
+        return self.portable["pad_id"] if self.portable else self.encoder.pad_id
 
 
 @ray.remote(num_cpus=1)
@@ -130,44 +155,64 @@ def warm_workers() -> list[ray.ObjectRef]:
     return [_import_tokenize.remote() for _ in range(cpus)]
 
 
-_PACKERS: dict[str, TokenizePacker] = {}  # this worker process's packer, by its arguments
+_PACKERS: dict[str, DocumentPacker] = {}  # this worker process's packer, by its arguments
 
 
 @ray.remote(num_cpus=1)
-def _tokenize_group(group: dict[str, Any], portable: dict[str, Any] | None, **packer_args: Any) -> str:
-    """Ray task: pack one group with this process's TokenizePacker, built on its first group (so the
-    tokenizer loads once per worker process, as it did once per actor, without an actor's start-up).
-    The stats come back as sorted JSON, as the sidecar has them."""
+def _run_group(task: DocGroup | PackGroup, packs: list[PackGroup], portable: dict[str, Any] | None,
+               **packer_args: Any) -> str:
+    """Ray task: a documents group (with the subset groups packed beside it) or a subset group, by this
+    process's DocumentPacker, built on its first task (so the tokenizer loads once per worker process).
+    The stats come back as sorted JSON, as the sidecars have them."""
     key = json.dumps(packer_args, sort_keys=True)
     if key not in _PACKERS:
         _PACKERS.clear()
-        _PACKERS[key] = TokenizePacker(**packer_args, portable=portable)
-    return json.dumps(_PACKERS[key].one_group(group), sort_keys=True)
+        _PACKERS[key] = DocumentPacker(**packer_args, portable=portable)
+    packer = _PACKERS[key]
+    out = packer.documents(task, packs) if isinstance(task, DocGroup) else packer.pack(task)
+    return json.dumps(out, sort_keys=True)
 
 
-def run_tokenize(groups: list[dict[str, Any]], cfg: DataConfig, storage: Storage, out_dir: str,
-                 eot_id: int) -> list[dict[str, Any]]:
-    """Tokenize and pack every group (of every subset), one Ray task per group; returns per-group stats.
+def run_documents(plan: DocumentPlan, cfg: DataConfig, storage: Storage, out_dir: str,
+                  eot_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Make every documents group and pack every subset group, one Ray task per group; returns the
+    documents groups' counts and the subset groups' stats.
 
-    At most `tokenize_concurrency` (default: the cluster's CPUs) groups run at once. Plain tasks rather
-    than a Ray Data actor pool: they start at once in the workers warm_workers and ingest warmed (a fresh
-    actor process took seconds to start, and Ray Data tasks started the second group only when the first
-    had finished). Each group dict carries its `subset`, `group` number, `parts` and `ids` (see
-    plan_groups); `eot_id` is the template's end-of-turn token, which the label audit checks every
+    At most `tokenize_concurrency` (default: the cluster's CPUs) tasks run at once. A subset group that
+    reads documents starts once the parts it reads are written, ahead of the documents still to make.
+    Plain tasks rather than a Ray Data actor pool: they start at once in the workers warm_workers and
+    ingest warmed. `eot_id` is the template's end-of-turn token, which the label audit checks every
     document trains on.
     """
-    if not groups:
-        return []
+    if not plan.documents:
+        return [], []
     portable = ray.put(ChatEncoder(cfg.tokenizer, cfg.system_prompt).portable())
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    workers = min(len(groups), cfg.tokenize_concurrency or cpus)
+    workers = min(len(plan.documents) + len(plan.packs), cfg.tokenize_concurrency or cpus)
     args = {"cfg_json": cfg.model_dump_json(), "storage_root": storage.root, "out_dir": out_dir, "eot_id": eot_id}
-    todo = list(reversed(groups))
-    running: list[ray.ObjectRef] = []
-    stats = []
-    while todo or running:
-        while todo and len(running) < workers:
-            running.append(_tokenize_group.remote(todo.pop(), portable, **args))
-        done, running = ray.wait(running, num_returns=1)
-        stats.extend(json.loads(s) for s in ray.get(done))
-    return stats
+    reading = [p for p in plan.packs if not p.with_documents]
+    waiting_on = [set(p.docs) for p in reading]
+    todo = list(reversed(plan.documents))
+    ready: list[PackGroup] = []
+    running: dict[ray.ObjectRef, DocGroup | PackGroup] = {}
+    doc_stats: list[dict[str, Any]] = []
+    pack_stats: list[dict[str, Any]] = []
+    while todo or ready or running:
+        while (todo or ready) and len(running) < workers:
+            task = ready.pop() if ready else todo.pop()
+            packs = plan.packed_with(task.group) if isinstance(task, DocGroup) else []
+            running[_run_group.remote(task, packs, portable, **args)] = task
+        [done], _ = ray.wait(list(running), num_returns=1)
+        task, stats = running.pop(done), json.loads(ray.get(done))
+        if isinstance(task, PackGroup):
+            pack_stats.append(stats)
+            continue
+        pack_stats.extend(stats.pop("packs"))
+        doc_stats.append(stats)
+        for i, needs in enumerate(waiting_on):
+            if task.group in needs:
+                needs.discard(task.group)
+                if not needs:
+                    ready.insert(0, reading[i])
+    return doc_stats, pack_stats
+

@@ -5,7 +5,8 @@ its workers as one placement group, which Ray grants whole or not at all, so two
 each other up; a generation pool its replicas; grading its tasks), and Ray places the work on the cluster. The
 executor only decides *when* a node may start: its dependencies are done, and fewer than `limits[kind]` nodes of
 its kind run. Among ready nodes, those with the most training still below them start first (the critical path:
-the largest RQ1 run, which the stage-2 runs wait for, before the small ones).
+the largest RQ1 run, which the stage-2 runs wait for, before the small ones). That decision is one pure
+function, `starts`, which the makespan simulator (`simulate.py`, `valley plan`) runs on simulated time.
 
 A node may follow an input instead of waiting for it (`Node.follows`): grading starts once its
 generation has started and grades sample parts as they are written. A failed node fails only its descendants
@@ -110,6 +111,45 @@ def default_limits(graph: StudyGraph, cluster: Mapping[str, float],
     return limits
 
 
+def ready(graph: StudyGraph, states: Mapping[str, str]) -> list[Node]:
+    """Queued nodes whose inputs are done; an input the node follows (`Node.follows`: it reads the input's
+    stream as it is written) only needs to have started."""
+
+    def met(node: Node, dep: str) -> bool:
+        return states[dep] == "done" or (dep in node.follows and states[dep] == "running")
+
+    return [n for n in graph.nodes if states[n.id] == "queued" and all(met(n, d) for d in n.deps)]
+
+
+def may_start(node: Node, graph: StudyGraph, states: Mapping[str, str], limits: Mapping[str, int | None]) -> bool:
+    """Under its kind's limit, and under `limits["all"]` (1: the old one-stage-at-a-time order) if set."""
+    total = limits.get("all")
+    if total is not None and sum(1 for s in states.values() if s == "running") >= total:
+        return False
+    limit = limits.get(node.kind)
+    running = sum(1 for n in graph.nodes if n.kind == node.kind and states[n.id] == "running")
+    return limit is None or running < limit
+
+
+def starts(graph: StudyGraph, states: Mapping[str, str], limits: Mapping[str, int | None],
+           order: Mapping[str, tuple[int, int]]) -> list[Node]:
+    """The executor's one decision, in the order it starts them: which nodes start now. Ready nodes by
+    `order` (see `priorities`), each under its limits; looked at again after a start, since a node that
+    follows it may now start too. Pure (`states` is not changed), so the makespan simulator
+    (`experiment/simulate.py`) runs this same code against simulated time."""
+    states = dict(states)
+    chosen: list[Node] = []
+    started = True
+    while started:
+        started = False
+        for node in sorted(ready(graph, states), key=lambda n: order[n.id], reverse=True):
+            if may_start(node, graph, states, limits):
+                states[node.id] = "running"
+                chosen.append(node)
+                started = True
+    return chosen
+
+
 class StudyExecutor:
     """Runs a graph's nodes on driver threads under per-kind limits; see the module docstring."""
 
@@ -127,27 +167,6 @@ class StudyExecutor:
             self.status.update(node_id, state=state, **fields)
         if self.on_change is not None:
             self.on_change()
-
-    def _ready(self) -> list[Node]:
-        """Queued nodes whose inputs are done; an input the node follows (`Node.follows`: it reads the
-        input's stream as it is written) only needs to have started."""
-        states = self.outcome.states
-
-        def met(node: Node, dep: str) -> bool:
-            return states[dep] == "done" or (dep in node.follows and states[dep] == "running")
-
-        return [n for n in self.graph.nodes if states[n.id] == "queued" and all(met(n, d) for d in n.deps)]
-
-    def _running(self, kind: str) -> int:
-        return sum(1 for n in self.graph.nodes if n.kind == kind and self.outcome.states[n.id] == "running")
-
-    def _may_start(self, node: Node) -> bool:
-        """Under its kind's limit, and under `limits["all"]` (1: the old one-stage-at-a-time order) if set."""
-        total = self.limits.get("all")
-        if total is not None and sum(1 for s in self.outcome.states.values() if s == "running") >= total:
-            return False
-        limit = self.limits.get(node.kind)
-        return limit is None or self._running(node.kind) < limit
 
     def _fail(self, node: Node, exc: BaseException) -> None:
         text = "".join(traceback.format_exception(exc))
@@ -173,16 +192,11 @@ class StudyExecutor:
         running: dict[Future, Node] = {}
         with ThreadPoolExecutor(max_workers=max(1, len(self.graph.nodes)), thread_name_prefix="study") as pool:
             while True:
-                started = True
-                while started:  # again after a start: a node that follows it may start too
-                    started = False
-                    for node in sorted(self._ready(), key=lambda n: order[n.id], reverse=True):
-                        if self._may_start(node):
-                            start = time.time()
-                            self.outcome.intervals[node.id] = (start, start)
-                            self._set(node.id, "running", started_at=start)
-                            running[pool.submit(self._call, node)] = node
-                            started = True
+                for node in starts(self.graph, self.outcome.states, self.limits, order):
+                    start = time.time()
+                    self.outcome.intervals[node.id] = (start, start)
+                    self._set(node.id, "running", started_at=start)
+                    running[pool.submit(self._call, node)] = node
                 if not running:
                     break
                 done, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)

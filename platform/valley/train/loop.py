@@ -27,6 +27,7 @@ from valley.train.batches import TRAIN_COLUMNS, MicroBatch, steps, to_micro_batc
 from valley.train.chunked_loss import CausalLMLoss
 from valley.train.config import TrainConfig
 from valley.train.flops import doc_lengths_of, peak_flops, train_flops
+from valley.train.host_memory import pin_mmap_threshold
 from valley.train.packing_attention import IGNORE, model_inputs, shifted_targets
 from valley.train.plan import TrainPlan
 from valley.train.schedule import lr_lambda
@@ -85,6 +86,8 @@ def _setup_deepspeed(cfg: TrainConfig, spec: EngineSpec, world: int, device: tor
     # DeepSpeed picks its accelerator at import; a CPU worker must say so before the first import.
     hb = hb or Heartbeat(None, "local")
     accelerator = "cuda" if cfg.use_gpu else "cpu"
+    if not cfg.use_gpu:  # before the model load: its tensors pass through malloc too (host_memory.py)
+        pin_mmap_threshold()
     os.environ.setdefault("DS_ACCELERATOR", accelerator)
     from valley.train import ops
     from valley.train.deepspeed_config import build_ds_config, uses_ds_optimizer
