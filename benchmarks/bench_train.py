@@ -157,6 +157,51 @@ def plain_loop(model_dir: Path, rows: list[dict], micro: int, accum: int, steps:
     return tokens / (time.perf_counter() - t_start)
 
 
+def zero3_in_process(model_dir: Path, rows: list[dict], cfg, micro: int, accum: int, steps: int, skip: int) -> float:
+    """The stage's own step (`loop._train_step`: DeepSpeed ZeRO-3, the chunked loss, the step's metrics) in
+    this process at world size 1, fed from memory: no Ray, no Parquet, no collectives between ranks. Set
+    against the plain loop it prices DeepSpeed's engine and our step; against the stage, everything else."""
+    import pyarrow as pa
+    import torch
+    from transformers import AutoConfig
+
+    from valley.train import loop
+    from valley.train.batches import to_micro_batch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), RANK="0",
+                      WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    spec = loop.EngineSpec(model_dir=str(model_dir), attn_implementation="sdpa", total_steps=steps)
+    solo = cfg.model_copy(update={"num_workers": 1})
+    engine, _ = loop._setup_deepspeed(solo, spec, 1, torch.device("cpu"))
+    engine.train()
+    model_config = AutoConfig.from_pretrained(str(model_dir))
+    table = pa.Table.from_pylist(rows)
+    seq = max(len(r["input_ids"]) for r in rows)
+    t_start, tokens, i = None, 0, 0
+    for step in range(steps):
+        group = []
+        for _ in range(accum):
+            group.append(to_micro_batch(table.slice(i % len(rows), micro), max_seq_len=seq))
+            i += micro
+        m = loop._train_step(engine, group, solo, spec, 1, torch.device("cpu"), model_config)
+        if step == skip:
+            t_start = time.perf_counter()
+        elif step > skip:
+            tokens += m["tokens"]
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+    return tokens / (time.perf_counter() - t_start)
+
+
+def in_step_share(history: list[dict], skip: int) -> float:
+    """Share of the steady wall time spent inside the optimizer steps (the rest: reading the next
+    micro-batches, reports, heartbeats, log lines)."""
+    h = history[skip:]
+    wall = h[-1]["time"] - h[0]["time"]
+    return sum(x["step_time_s"] for x in h[1:]) / wall
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="CUDA workers, bf16, MFU (needs GPUs)")
@@ -169,6 +214,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--skip", type=int, default=2, help="warm-up steps left out of the throughput")
     ap.add_argument("--no-plain", action="store_true", help="skip the single-process baseline")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also run the stage's own step in this process (DeepSpeed ZeRO-3, world 1, no Ray)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
@@ -211,6 +258,7 @@ def main() -> int:
         "seq_len": seq_len, "rows": n_rows, "fill": round(fill, 3), "workers": args.workers, "micro": args.micro,
         "global_batch": global_batch, "steps": len(history), "stage_wall_s": round(wall, 1),
         "stage_tokens_per_s": round(stage_tps, 1),
+        "stage_in_step_share": round(in_step_share(history, skip), 3),
     }
     print(f"train stage ({args.workers} Ray workers, ZeRO-{cfg.zero_stage}, {shape}, seq {seq_len}, fill {fill:.0%}): "
           f"{stage_tps:,.0f} tokens/s steady over {len(history) - skip - 1} steps; whole stage {wall:.1f} s "
@@ -225,6 +273,13 @@ def main() -> int:
         out["plain_tokens_per_s"] = round(plain_tps, 1)
         out["ratio_stage_vs_plain"] = round(stage_tps / plain_tps, 3)
         print(f"plain single-process torch loop (same model, data, global batch): {plain_tps:,.0f} tokens/s")
+        if args.breakdown and not args.gpu:
+            solo_tps = zero3_in_process(model_dir, rows, cfg, args.micro, cfg.grad_accum_steps() * args.workers,
+                                        plain_steps, min(skip, plain_steps - 2))
+            out["zero3_world1_tokens_per_s"] = round(solo_tps, 1)
+            print(f"the stage's step in one process (ZeRO-3, world 1, no Ray, rows from memory): {solo_tps:,.0f} "
+                  f"tokens/s = {solo_tps / plain_tps:.2f} of plain; the stage spends "
+                  f"{out['stage_in_step_share']:.0%} of its steady wall time inside steps")
         print(f"ratio stage / plain = {stage_tps / plain_tps:.2f}  (1.0: Ray Train + ZeRO-3 over {args.workers} workers "
               "costs nothing over one process on the same devices/cores; <1: their overhead; >1: their parallelism)")
     Path(args.results).mkdir(parents=True, exist_ok=True)

@@ -209,6 +209,34 @@ def test_status_command_reads_a_study(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nothing-here")]) == 2
 
 
+def test_status_calls_a_killed_drivers_running_nodes_interrupted(tmp_path, capsys):
+    """A driver killed mid-study leaves `running` records behind; status must not show them as running."""
+    import json
+    import subprocess
+    import sys
+
+    from valley.cli import main
+    from valley.storage import Storage
+
+    g = _toy_graph()
+    status = StudyStatus(Storage(str(tmp_path)), "toy")
+    status.start(g, {"experiment": "toy"})
+    status.update("train:t1", state="running", started_at=time.time())
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    alive = json.loads(capsys.readouterr().out)["toy"]
+    assert alive["driver"] == "running" and alive["counts"]["running"] == 1
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = Storage(str(tmp_path)).read_json("experiments", "toy", "study", "driver.json")
+    Storage(str(tmp_path)).write_json({**record, "pid": int(exited.stdout)}, "experiments", "toy", "study",
+                                      "driver.json")
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    gone = json.loads(capsys.readouterr().out)["toy"]
+    assert gone["driver"].startswith("gone (its process")
+    row = next(r for r in gone["nodes"] if r["node"] == "train:t1")
+    assert row["state"] == "interrupted" and "valley run" in row["why"]
+    assert gone["counts"]["interrupted"] == 1 and gone["counts"]["running"] == 0
+
+
 def test_graph_rejects_a_node_before_its_dependency():
     with pytest.raises(ValueError, match="dependencies"):
         StudyGraph("x", (Node("b", "train", "b", ("a",)), Node("a", "data", "a")), ())

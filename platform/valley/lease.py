@@ -57,10 +57,11 @@ class LeaseRecord:
         """Not renewed within its time to live, or its process is gone from this host."""
         if self.age(now) > self.ttl_s:
             return True
-        return self.host == socket.gethostname() and not _alive(self.pid)
+        return self.host == socket.gethostname() and not process_alive(self.pid)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host is still there (another user's counts as there)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from valley.errors import ConfigError
 from valley.experiment.graph import StudyGraph, plan_rows
-from valley.experiment.status import counts, driver_state, experiments, read_study, status_rows
+from valley.experiment.status import counts, driver_gone, driver_state, experiments, read_study, status_rows
 from valley.storage import Storage
 
 
@@ -101,7 +101,9 @@ def status_main(args: argparse.Namespace) -> int:
             graph, records, driver = read_study(storage, name)
         except FileNotFoundError as exc:
             raise ConfigError(str(exc)) from exc
-        rows, tally, state = status_rows(graph, records, now), counts(records.values()), driver_state(driver, now)
+        state = driver_state(driver, now)
+        rows = status_rows(graph, records, now, driver_is_gone=driver_gone(state))
+        tally = counts({"state": r["state"]} for r in rows)
         any_failed |= tally.get("failed", 0) > 0
         if args.json:
             out[name] = {"driver": state, "counts": tally, "nodes": rows}

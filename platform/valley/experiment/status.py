@@ -142,11 +142,22 @@ def read_study(storage: Storage, experiment: str) -> tuple[StudyGraph, dict[str,
 
 
 def driver_state(driver: Mapping[str, Any], now: float) -> str:
-    """The driver's state, with a running driver that stopped beating called what it probably is."""
+    """The driver's state, with a running driver that is gone called so: its process has exited (when it ran
+    on this host, seen at once) or it stopped beating (killed, or its machine is unreachable)."""
+    from valley.lease import process_alive
+
     state = driver.get("state", "unknown")
-    if state == "running" and now - float(driver.get("updated_at", 0)) > STALE_AFTER_S:
+    if state != "running":
+        return state
+    if driver.get("host") == socket.gethostname() and "pid" in driver and not process_alive(int(driver["pid"])):
+        return f"gone (its process {driver['pid']} has exited)"
+    if now - float(driver.get("updated_at", 0)) > STALE_AFTER_S:
         return "gone (no heartbeat: killed, or its machine is unreachable)"
     return state
+
+
+def driver_gone(state: str) -> bool:
+    return state.startswith("gone")
 
 
 def elapsed(record: Mapping[str, Any], now: float) -> float | None:
@@ -156,17 +167,23 @@ def elapsed(record: Mapping[str, Any], now: float) -> float | None:
     return float(record.get("ended_at") or now) - float(start)
 
 
-def status_rows(graph: StudyGraph, records: Mapping[str, Mapping[str, Any]], now: float) -> list[dict[str, str]]:
-    """One row a node: state, elapsed time, and for a failed or skipped node why (pure)."""
+def status_rows(graph: StudyGraph, records: Mapping[str, Mapping[str, Any]], now: float,
+                driver_is_gone: bool = False) -> list[dict[str, str]]:
+    """One row a node: state, elapsed time, and for a failed or skipped node why (pure). Under a driver that
+    is gone a node left `running` is `interrupted`: nothing runs it any more, and `valley run` again resumes
+    it from its last finished work."""
     rows = []
     for node in graph.nodes:
         rec = records.get(node.id, {})
-        secs = elapsed(rec, now)
+        state = rec.get("state", "queued")
+        secs = None if state == "running" and driver_is_gone else elapsed(rec, now)
         why = rec.get("error") or (f"after {rec['because']} failed" if rec.get("because") else "")
+        if state == "running" and driver_is_gone:
+            state, why = "interrupted", "its driver is gone; `valley run` again resumes it"
         if rec.get("log"):
             why = f"{why} (log: {rec['log']})"
-        rows.append({"node": node.id, "state": rec.get("state", "queued"),
-                     "elapsed": "" if secs is None else f"{secs:,.0f}s", "why": why})
+        rows.append({"node": node.id, "state": state, "elapsed": "" if secs is None else f"{secs:,.0f}s",
+                     "why": why})
     return rows
 
 
