@@ -12,6 +12,11 @@ length packed into fixed rows with per-document position ids, as the data stage 
     python benchmarks/bench_train.py                                  # CPU: tiny Qwen2, 2 workers
     python benchmarks/bench_train.py --gpu --shape qwen2.5-1.5b --seq-len 16384 --workers 1 --rows 64
     python benchmarks/bench_train.py --gpu --shape qwen2.5-0.5b --seq-len 32768 --workers 8 --rows 512
+    python benchmarks/bench_train.py --model models/SmolLM2-135M-Instruct --rows 24 --global-batch 4 --breakdown
+
+`--breakdown` (CPU) also runs the stage's own step in this process at world size 1 (DeepSpeed ZeRO-3, no
+Ray, rows from memory) and reports each steady step's seconds outside the step (reading its micro-batches,
+reports), which separates what Ray Train and the data feed cost from what DeepSpeed's engine costs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -188,10 +194,28 @@ def zero3_in_process(model_dir: Path, rows: list[dict], cfg, micro: int, accum: 
             t_start = time.perf_counter()
         elif step > skip:
             tokens += m["tokens"]
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
     return tokens / (time.perf_counter() - t_start)
+
+
+def _solo_child(model_dir: Path, rows: list[dict], cfg, micro: int, accum: int, steps: int, skip: int,
+                out: Any) -> None:
+    out.put(zero3_in_process(model_dir, rows, cfg, micro, accum, steps, skip))
+
+
+def solo(model_dir: Path, rows: list[dict], cfg, zero_stage: int, micro: int, accum: int, steps: int,
+         skip: int) -> float:
+    """`zero3_in_process` at `zero_stage` in a fresh process (DeepSpeed keeps its process groups per
+    process, so one engine per process)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=_solo_child, args=(model_dir, rows, cfg.model_copy(update={"zero_stage": zero_stage}),
+                                                  micro, accum, steps, skip, out))
+    child.start()
+    tps = out.get()
+    child.join()
+    return tps
 
 
 def in_step_share(history: list[dict], skip: int) -> float:
@@ -202,10 +226,17 @@ def in_step_share(history: list[dict], skip: int) -> float:
     return sum(x["step_time_s"] for x in h[1:]) / wall
 
 
+def between_steps(history: list[dict], skip: int) -> list[float]:
+    """Seconds each steady step spent outside `_train_step` (waiting for its micro-batches, reporting)."""
+    h = history[skip:]
+    return [round(b["time"] - a["time"] - b["step_time_s"], 3) for a, b in zip(h, h[1:], strict=False)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="CUDA workers, bf16, MFU (needs GPUs)")
     ap.add_argument("--shape", default=None, choices=sorted(SHAPES), help="default: tiny on CPU, qwen2.5-0.5b on GPU")
+    ap.add_argument("--model", default=None, help="a model directory to train instead of a random --shape")
     ap.add_argument("--seq-len", type=int, default=None, help="default: 1024 CPU, 16384 GPU")
     ap.add_argument("--rows", type=int, default=None, help="packed rows (default: 48 CPU, 64 GPU)")
     ap.add_argument("--workers", type=int, default=2)
@@ -231,8 +262,12 @@ def main() -> int:
     from valley.train.stage import run_train
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    tok_dir = build_demo_tokenizer(tmp / "tok")
-    model_dir = build_model(tmp, shape, tok_dir)
+    if args.model:  # a real student's directory (`valley model smollm2`): its weights, its tokenizer
+        model_dir = tok_dir = Path(args.model).resolve()
+        shape = model_dir.name.lower()
+    else:
+        tok_dir = build_demo_tokenizer(tmp / "tok")
+        model_dir = build_model(tmp, shape, tok_dir)
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(str(model_dir)).vocab_size
@@ -259,6 +294,7 @@ def main() -> int:
         "global_batch": global_batch, "steps": len(history), "stage_wall_s": round(wall, 1),
         "stage_tokens_per_s": round(stage_tps, 1),
         "stage_in_step_share": round(in_step_share(history, skip), 3),
+        "stage_between_steps_s": between_steps(history, skip),
     }
     print(f"train stage ({args.workers} Ray workers, ZeRO-{cfg.zero_stage}, {shape}, seq {seq_len}, fill {fill:.0%}): "
           f"{stage_tps:,.0f} tokens/s steady over {len(history) - skip - 1} steps; whole stage {wall:.1f} s "
@@ -274,12 +310,13 @@ def main() -> int:
         out["ratio_stage_vs_plain"] = round(stage_tps / plain_tps, 3)
         print(f"plain single-process torch loop (same model, data, global batch): {plain_tps:,.0f} tokens/s")
         if args.breakdown and not args.gpu:
-            solo_tps = zero3_in_process(model_dir, rows, cfg, args.micro, cfg.grad_accum_steps() * args.workers,
-                                        plain_steps, min(skip, plain_steps - 2))
-            out["zero3_world1_tokens_per_s"] = round(solo_tps, 1)
-            print(f"the stage's step in one process (ZeRO-3, world 1, no Ray, rows from memory): {solo_tps:,.0f} "
-                  f"tokens/s = {solo_tps / plain_tps:.2f} of plain; the stage spends "
-                  f"{out['stage_in_step_share']:.0%} of its steady wall time inside steps")
+            for zero_stage in (0, 3):
+                solo_tps = solo(model_dir, rows, cfg, zero_stage, args.micro, cfg.grad_accum_steps() * args.workers,
+                                plain_steps, min(skip, plain_steps - 2))
+                out[f"zero{zero_stage}_world1_tokens_per_s"] = round(solo_tps, 1)
+                print(f"the stage's step in one process (ZeRO-{zero_stage}, world 1, no Ray, rows from memory): "
+                      f"{solo_tps:,.0f} tokens/s = {solo_tps / plain_tps:.2f} of plain")
+            print(f"the stage spends {out['stage_in_step_share']:.0%} of its steady wall time inside steps")
         print(f"ratio stage / plain = {stage_tps / plain_tps:.2f}  (1.0: Ray Train + ZeRO-3 over {args.workers} workers "
               "costs nothing over one process on the same devices/cores; <1: their overhead; >1: their parallelism)")
     Path(args.results).mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +26,7 @@ import torch.distributed as dist
 from valley.train.batches import TRAIN_COLUMNS, MicroBatch, steps, to_micro_batch
 from valley.train.chunked_loss import CausalLMLoss
 from valley.train.config import TrainConfig
+from valley.train.epoch_prefetch import Prefetched
 from valley.train.flops import doc_lengths_of, peak_flops, train_flops
 from valley.train.host_memory import pin_mmap_threshold
 from valley.train.packing_attention import IGNORE, model_inputs, shifted_targets
@@ -319,14 +320,15 @@ def _restore(w: _Worker, setup: _Setup) -> _Training:
 
 @dataclass
 class _Training:
-    """The training phase of one rank: its only changing state is the step reached and the metrics history,
-    which checkpoints, exports and `metrics.jsonl` all take from here."""
+    """The training phase of one rank: its changing state is the step reached and the metrics history,
+    which checkpoints, exports and `metrics.jsonl` all take from here, and the next epoch's rows being read."""
 
     worker: _Worker
     setup: _Setup
     storage: Storage
     step: int
     history: list[dict[str, Any]]
+    next_epoch: dict[int, Prefetched[MicroBatch]] = field(default_factory=dict)  # epochs being read ahead
 
     def run(self) -> None:
         """Train from the restored step to the plan's last, one epoch's data shard at a time, then export."""
@@ -340,15 +342,35 @@ class _Training:
 
     def _micro_batches(self, epoch: int) -> Iterator[MicroBatch]:
         """This rank's shard of the epoch's dataset, as micro-batches in the planned order (a smaller last
-        one only when the epoch's last step is kept)."""
+        one only when the epoch's last step is kept); read ahead since the previous epoch began, if it was."""
+        ahead = self.next_epoch.pop(epoch, None)
+        if ahead is not None:
+            return ahead.take()
+        return self._read_shard(self._shard(epoch))
+
+    def _shard(self, epoch: int) -> Any:
         import ray.train
 
+        return ray.train.get_dataset_shard(epoch_dataset_name(epoch))  # on the loop's thread (train context)
+
+    def _read_shard(self, shard: Any) -> Iterator[MicroBatch]:
         cfg, plan = self.worker.cfg, self.worker.plan
-        shard = ray.train.get_dataset_shard(epoch_dataset_name(epoch))
         it = shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="pyarrow",
                                 drop_last=cfg.resolved_last_step() == "drop", prefetch_batches=2)
         return (to_micro_batch(b.select(TRAIN_COLUMNS), max_seq_len=plan.max_seq_len, pad_id=plan.pad_id)
                 for b in it)
+
+    def _read_next_epoch_ahead(self, epoch: int) -> None:
+        """Start the next epoch's execution now and read its first step's micro-batches in the background
+        (epoch_prefetch.py), so the next epoch does not begin with every rank waiting for Ray Data."""
+        plan = self.worker.plan
+        following = epoch + 1
+        if plan.unit == "examples" or following * plan.steps_per_epoch >= plan.total_steps \
+                or following in self.next_epoch:
+            return
+        shard = self._shard(following)
+        self.next_epoch[following] = Prefetched(lambda: self._read_shard(shard), ahead=plan.accum or 1,
+                                                name=f"epoch-{following}-prefetch")
 
     def _steps(self, epoch: int, in_epoch: int) -> Iterator[tuple[int, list[MicroBatch]]]:
         """(index in the epoch, this rank's micro-batches) of the epoch's steps from `in_epoch` on (the
@@ -371,6 +393,7 @@ class _Training:
         shifting later epochs."""
         w, s = self.worker, self.setup
         steps_per_epoch, total_steps = w.plan.steps_per_epoch, w.plan.total_steps
+        self._read_next_epoch_ahead(epoch)
         for i, group in self._steps(epoch, in_epoch):
             metrics = _train_step(s.engine, group, w.cfg, s.spec, w.world, w.device, s.model_config)
             self._record(metrics, epoch + (i + 1) / steps_per_epoch)
