@@ -172,3 +172,42 @@ def test_vllm_loads_the_real_student_and_stops_at_its_end_of_turn():
         backend.close()
     assert tok.encode(short.text, add_special_tokens=False)[:16] == reference[:16]
     assert whole.finish_reason == "stop" and whole.n_tokens < 400 and "<|im_end|>" not in whole.text
+
+
+def test_vllm_loads_the_real_students_export(tmp_path):
+    """The trainer's export of the real student (train/export.py: the state dict as `gather_state_dict` reads
+    it, so the tied head is saved once, and `write_hf_dir`'s config, tokenizer and generation config) loads in
+    vLLM and decodes as the model it was exported from. The ZeRO-3 gather itself is covered by
+    tests/test_real_student_e2e.py, which reloads its export in transformers; DeepSpeed is not in this
+    environment."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from valley.demo.real_student import RealStudentError, smollm2
+    from valley.generate.prompts import encode_prompt, render_prompt
+    from valley.train.export import gather_state_dict, write_hf_dir
+
+    try:
+        base = str(smollm2())
+    except RealStudentError as exc:
+        pytest.skip(str(exc))
+    hf = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    state = gather_state_dict(hf, 0, torch.float32)
+    assert "lm_head.weight" not in state  # tied: one matrix
+    out = tmp_path / "export"
+    write_hf_dir(hf, state, torch.float32, base, base, str(out))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    prompt = render_prompt(tok, {"question_content": "Print the sum of two integers read from one line.",
+                                 "starter_code": ""})
+    ids = encode_prompt(tok, prompt)
+    reference = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                            max_new_tokens=16, do_sample=False)[0, len(ids):].tolist()
+    del hf
+    backend = make_backend("vllm", str(out), dtype="float32", max_model_len=2048,
+                           gpu_memory_utilization=_memory_share(), enforce_eager=True)
+    try:
+        (sample,) = backend.generate([Request("q", 0, prompt, 1, max_tokens=16)],
+                                     Sampling(temperature=0.0, top_p=1.0, max_tokens=16))
+    finally:
+        backend.close()
+    assert tok.encode(sample.text, add_special_tokens=False)[:12] == reference[:12]

@@ -24,13 +24,14 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 def gather_state_dict(model: torch.nn.Module, rank: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Collective: full tensors of every saved parameter/buffer, on rank 0 only (empty dict elsewhere)."""
-    import deepspeed
-
+    """Collective: full tensors of every saved parameter/buffer, on rank 0 only (empty dict elsewhere). A
+    model that ZeRO-3 never partitioned (no `ds_id`) is read as it is, without DeepSpeed."""
     keys = set(model.state_dict().keys())
     out: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
         partitioned = hasattr(param, "ds_id")
+        if partitioned:
+            import deepspeed
         ctx = deepspeed.zero.GatheredParameters([param], modifier_rank=None) if partitioned \
             else contextlib.nullcontext()
         with ctx:

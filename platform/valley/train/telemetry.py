@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,13 @@ class TelemetryCallback(UserCallback):
 
     def _open(self) -> None:
         if self.settings.get("tensorboard") and self._tb is None:
-            from tensorboardX import SummaryWriter
+            # tensorboardX's own event writer, without SummaryWriter's queue: its flush() left events in the
+            # queue for a thread to write later, after the run's marker had recorded the file's size
+            from tensorboardX.event_file_writer import EventsWriter
 
             self._tb_dir = self.tensorboard_dir()
             self._tb_dir.mkdir(parents=True, exist_ok=True)
-            self._tb = SummaryWriter(str(self._tb_dir), flush_secs=10)
+            self._tb = EventsWriter(str(self._tb_dir / "events"))
         mlflow_cfg = self.settings.get("mlflow")
         if mlflow_cfg and self._mlflow is None:
             import mlflow
@@ -95,8 +98,12 @@ class TelemetryCallback(UserCallback):
         self._open()
         values = {k: float(metrics[k]) for k in SCALARS if isinstance(metrics.get(k), (int, float))}
         if self._tb is not None:
+            from tensorboardX.proto.event_pb2 import Event
+            from tensorboardX.summary import scalar
+
+            now = time.time()
             for key, value in values.items():
-                self._tb.add_scalar(f"train/{key}", value, step)
+                self._tb.write_event(Event(wall_time=now, step=step, summary=scalar(f"train/{key}", value)))
         if self._mlflow is not None:
             import mlflow
 
@@ -104,7 +111,7 @@ class TelemetryCallback(UserCallback):
         if self._wandb is not None:
             self._wandb.log({f"train/{k}": v for k, v in values.items()}, step=step)
         if self._tb is not None:
-            self._tb.flush()  # the controller may be torn down without notice: keep every step on disk
+            self._tb.flush()  # on disk before the next report: the controller may be torn down without notice
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if metrics and metrics[0]:
