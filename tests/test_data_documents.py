@@ -12,9 +12,10 @@ import pyarrow as pa
 import pytest
 
 import data_golden
+from valley import schemas
 from valley.data.config import DataConfig
 from valley.data.document_plan import distinct_members, plan_documents
-from valley.data.packing import Doc, pack_documents, pack_table
+from valley.data.packing import Doc, one_per_row, pack_best_fit, pack_documents
 from valley.data.stage import run_data
 from valley.demo import build_demo_tokenizer
 from valley.storage import SUCCESS, Storage
@@ -56,20 +57,33 @@ def test_plan_covers_each_distinct_trace_once_and_keeps_each_subsets_groups():
     assert distinct_members({}).num_rows == 0 and plan_documents({}, 8).documents == []
 
 
-@pytest.mark.parametrize("packing", ["pack", "none"])
-@pytest.mark.parametrize("n", [0, 1, 37])
-def test_packing_documents_gives_the_pack_table(packing, n):
-    rng = random.Random(n)
+def _docs(n: int, seed: int) -> list[Doc]:
+    rng = random.Random(seed)
     docs = []
     for i in range(n):
-        length = rng.randint(1, 128)
-        docs.append(Doc(f"d{i}", [rng.randrange(1000) for _ in range(length)], [rng.randint(0, 1) for _ in range(length)]))
+        length = rng.randint(1, 120)
+        first = rng.randint(0, length)
+        mask = [0] * first + [1] * (length - first)
+        if i % 7 == 0:  # masks need not be one span (a caller may mask more)
+            mask = [rng.randint(0, 1) for _ in range(length)]
+        docs.append(Doc(f"d{i}", [rng.randrange(50_000) for _ in range(length)], mask))
+    return docs
+
+
+@pytest.mark.parametrize("packing", ["pack", "none"])
+@pytest.mark.parametrize("n", [0, 1, 37, 400])
+def test_packing_documents_gives_the_records_table(packing, n):
+    """The stage's packer gives exactly the rows the record-by-record reference builds, also from a table
+    read from two parts; positions restart at every document and at a row's padding."""
+    docs = _docs(n, seed=n)
+    rows = pack_best_fit(docs, 128, 7) if packing == "pack" else one_per_row(docs)
+    expected = pa.Table.from_pylist([r.as_record() for r in rows], schema=schemas.TOKENIZED)
     table = pa.table({"id": [d.trace_id for d in docs],
                       "input_ids": pa.array([d.input_ids for d in docs], pa.list_(pa.int32())),
                       "loss_mask": pa.array([d.loss_mask for d in docs], pa.list_(pa.int8()))})
     halves = pa.concat_tables([table.slice(0, n // 2), table.slice(n // 2)])  # as read from two parts
     for docs_table in (table, halves):
-        assert pack_documents(docs_table, 128, 7, packing).equals(pack_table(docs, 128, 7, packing))
+        assert pack_documents(docs_table, 128, 7, packing).equals(expected)
     with pytest.raises(ValueError, match="longer than seq_len"):
         pack_documents(table, 0, 7, "pack") if n else pack_documents(pa.table({
             "id": ["x"], "input_ids": pa.array([[1] * 3], pa.list_(pa.int32())),

@@ -1,18 +1,15 @@
 """The data stage's fast path gives the same bytes as the plain one: spliced templates, lazy offsets, the
-transformers-free worker encoder, and the flat-column packed table."""
+transformers-free worker encoder (the packer's equivalence is in test_data_documents.py)."""
 
 from __future__ import annotations
 
 import json
-import random
 
 import pyarrow as pa
 import pytest
 
 import real_tokenizers
-from valley import schemas
 from valley.data.chat import PROBES, ChatEncoder, PortableEncoder, Spans
-from valley.data.packing import Doc, one_per_row, pack_best_fit, pack_table, packed_table
 from valley.data.tokenize import group_rows
 from valley.demo import build_demo_tokenizer, make_traces
 
@@ -98,39 +95,6 @@ def test_real_qwen25_splices_and_llama31_and_qwen3_render_per_trace(shared_data,
     llama = ChatEncoder(str(real_tokenizers.llama31_dir(shared_data, tmp_path / "l31")), system_prompt="Be brief.")
     qwen3 = ChatEncoder(str(real_tokenizers.qwen3_dir(shared_data, tmp_path / "q3")))
     assert llama.splice is None and qwen3.splice is None  # trims / splits out the think block
-
-
-def _docs(n: int, seed: int) -> list[Doc]:
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        length = rng.randint(1, 120)
-        first = rng.randint(0, length)
-        mask = [0] * first + [1] * (length - first)
-        if i % 7 == 0:  # masks need not be one span (a caller may mask more)
-            mask = [rng.randint(0, 1) for _ in range(length)]
-        docs.append(Doc(f"d{i}", [rng.randrange(50_000) for _ in range(length)], mask))
-    return docs
-
-
-@pytest.mark.parametrize("n", [0, 1, 37, 400])
-def test_packed_table_is_the_records_table(n):
-    docs = _docs(n, seed=n)
-    for packing, rows in (("pack", pack_best_fit(docs, 128, 7)), ("none", one_per_row(docs))):
-        expected = pa.Table.from_pylist([r.as_record() for r in rows], schema=schemas.TOKENIZED)
-        assert pack_table(docs, 128, 7, packing).equals(expected)
-
-
-def test_packed_table_keeps_the_given_rows():
-    docs = _docs(5, seed=1)
-    table = packed_table(docs, [[3, 0], [4], [1, 2]], None, 0)
-    assert table.column("trace_ids").to_pylist() == [["d3", "d0"], ["d4"], ["d1", "d2"]]
-    assert table.column("position_ids").to_pylist()[0] == [*range(len(docs[3])), *range(len(docs[0]))]
-
-
-def test_pack_table_refuses_a_document_longer_than_a_row():
-    with pytest.raises(ValueError, match="longer than seq_len"):
-        pack_table([Doc("x", [1] * 200, [1] * 200)], 128, 0, "pack")
 
 
 def test_group_rows_follow_the_ids_order():

@@ -61,15 +61,16 @@ class PackedRow:
         }
 
 
-def _check_fits(docs: list[Doc], seq_len: int) -> None:
-    too_long = [d.trace_id for d in docs if len(d) > seq_len]
+def _check_fits(trace_ids: list[str], lengths: list[int], seq_len: int) -> None:
+    too_long = [t for t, n in zip(trace_ids, lengths, strict=True) if n > seq_len]
     if too_long:
         raise ValueError(f"documents longer than seq_len={seq_len}: {too_long[:5]}")
 
 
 def pack_best_fit(docs: list[Doc], seq_len: int, pad_id: int) -> list[PackedRow]:
-    """Pack docs (each at most seq_len long) into rows of exactly seq_len tokens."""
-    _check_fits(docs, seq_len)
+    """Pack docs (each at most seq_len long) into rows of exactly seq_len tokens: the record-by-record
+    reference that `pack_documents`, the data stage's packer, is tested against."""
+    _check_fits([d.trace_id for d in docs], [len(d) for d in docs], seq_len)
     rows = []
     for members in best_fit_decreasing([len(d) for d in docs], seq_len):
         row = PackedRow()
@@ -105,62 +106,13 @@ def _list_column(values: pa.Array, row_ends: list[int]) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array([0, *row_ends], pa.int32()), values)
 
 
-def packed_table(docs: list[Doc], rows: list[list[int]], seq_len: int | None, pad_id: int) -> pa.Table:
-    """The rows (documents by index, padded to seq_len unless None) as a schemas.TOKENIZED table: the same
-    table as PackedRow.as_record gives, built from flat columns (a third of the time of per-row records)."""
-    ids: list[int] = []
-    mask: list[int] = []
-    segments: list[int] = []
-    row_ends: list[int] = []
-    n_tokens: list[int] = []
-    n_loss: list[int] = []
-    trace_ids: list[list[str]] = []
-    for members in rows:
-        tokens = loss = 0
-        for i in members:
-            doc = docs[i]
-            ids.extend(doc.input_ids)
-            mask.extend(doc.loss_mask)
-            segments.append(len(doc))
-            tokens += len(doc)
-            loss += sum(doc.loss_mask)
-        pad = seq_len - tokens if seq_len is not None else 0
-        if pad > 0:
-            ids.extend([pad_id] * pad)
-            mask.extend([0] * pad)
-            segments.append(pad)
-        row_ends.append(len(ids))
-        n_tokens.append(tokens)
-        n_loss.append(loss)
-        trace_ids.append([docs[i].trace_id for i in members])
-    columns = [
-        _list_column(pa.array(ids, pa.int32()), row_ends),
-        _list_column(pa.array(mask, pa.int8()), row_ends),
-        _list_column(pa.array(_positions(segments)), row_ends),
-        pa.array([len(m) for m in rows], pa.int32()),
-        pa.array(n_tokens, pa.int32()),
-        pa.array(n_loss, pa.int32()),
-        pa.array(trace_ids, pa.list_(pa.string())),
-    ]
-    return pa.Table.from_arrays(columns, schema=schemas.TOKENIZED)
-
-
-def pack_table(docs: list[Doc], seq_len: int, pad_id: int, packing: str) -> pa.Table:
-    """The packed shard of docs: best-fit rows of seq_len tokens (`pack`) or one unpadded row per doc."""
-    if packing == "pack":
-        _check_fits(docs, seq_len)
-        return packed_table(docs, best_fit_decreasing([len(d) for d in docs], seq_len), seq_len, pad_id)
-    return packed_table(docs, [[i] for i in range(len(docs))], None, pad_id)
-
-
 def pack_documents(docs: pa.Table, seq_len: int, pad_id: int, packing: str) -> pa.Table:
-    """`pack_table` of documents held as Arrow columns (id, input_ids, loss_mask: schemas.DOCUMENTS'): the
-    same rows, gathered with numpy instead of through Python lists."""
+    """The packed shard of documents held as Arrow columns (id, input_ids, loss_mask: schemas.DOCUMENTS'):
+    best-fit rows of seq_len tokens (`pack`) or one unpadded row per document, as a schemas.TOKENIZED
+    table; the rows `pack_best_fit` / `one_per_row` give, gathered with numpy instead of Python lists."""
     lengths = pc.list_value_length(docs.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
     if packing == "pack":
-        too_long = [t for t, n in zip(docs.column("id").to_pylist(), lengths) if n > seq_len]
-        if too_long:
-            raise ValueError(f"documents longer than seq_len={seq_len}: {too_long[:5]}")
+        _check_fits(docs.column("id").to_pylist(), lengths.tolist(), seq_len)
         rows, width = best_fit_decreasing(lengths.tolist(), seq_len), seq_len
     else:
         rows, width = [[i] for i in range(len(lengths))], None
