@@ -163,8 +163,8 @@ def plain_loop(model_dir: Path, rows: list[dict], micro: int, accum: int, steps:
     return tokens / (time.perf_counter() - t_start)
 
 
-def zero3_in_process(model_dir: Path, rows: list[dict], cfg, micro: int, accum: int, steps: int, skip: int) -> float:
-    """The stage's own step (`loop._train_step`: DeepSpeed ZeRO-3, the chunked loss, the step's metrics) in
+def step_in_process(model_dir: Path, rows: list[dict], cfg, micro: int, accum: int, steps: int, skip: int) -> float:
+    """The stage's own step (`loop._train_step`: DeepSpeed at `cfg.zero_stage`, the chunked loss, its metrics) in
     this process at world size 1, fed from memory: no Ray, no Parquet, no collectives between ranks. Set
     against the plain loop it prices DeepSpeed's engine and our step; against the stage, everything else."""
     import pyarrow as pa
@@ -199,12 +199,12 @@ def zero3_in_process(model_dir: Path, rows: list[dict], cfg, micro: int, accum: 
 
 def _solo_child(model_dir: Path, rows: list[dict], cfg, micro: int, accum: int, steps: int, skip: int,
                 out: Any) -> None:
-    out.put(zero3_in_process(model_dir, rows, cfg, micro, accum, steps, skip))
+    out.put(step_in_process(model_dir, rows, cfg, micro, accum, steps, skip))
 
 
 def solo(model_dir: Path, rows: list[dict], cfg, zero_stage: int, micro: int, accum: int, steps: int,
          skip: int) -> float:
-    """`zero3_in_process` at `zero_stage` in a fresh process (DeepSpeed keeps its process groups per
+    """`step_in_process` at `zero_stage` in a fresh process (DeepSpeed keeps its process groups per
     process, so one engine per process)."""
     import multiprocessing as mp
 
