@@ -1,7 +1,9 @@
-"""Data stage benchmark: three ratios measured in one run.
+"""Data stage benchmark: five measures, in one run or each alone.
 
-1. throughput: tokens/s of the whole Ray Data pipeline (ingest, validate, template, tokenize, mask, pack,
-   write) vs the raw `tokenizers` batch encoder on the same rendered texts on the same cores;
+1. throughput: tokens/s of the whole data stage (ingest, validate, template, tokenize, mask, pack, write) vs
+   the raw `tokenizers` batch encoder on the same rendered texts on the same cores, the median of
+   fresh-process rounds; on the synthetic corpus (demo tokenizer) and on real DeepSeek-R1 traces
+   (../shared/data/traces, Qwen2.5 tokenizer, 32K rows) when present;
 2. pack efficiency at 32K of best-fit decreasing vs naive in-order greedy packing, on the token lengths of
    real R1 code-reasoning traces (../shared/data/traces, Qwen tokenizer) when present;
 3. peak RSS (driver + Ray workers) of the stage on N vs 10·N synthetic traces: streaming means the ratio
@@ -18,6 +20,8 @@
     python benchmarks/bench_data.py --small 100000 --large 1000000 --join-small 100000 --join-large 1000000
     python benchmarks/bench_data.py --join-only --join-small 100000 --join-large 1000000   # just the join
     python benchmarks/bench_data.py --subsets-only --baseline 47f5a5a   # just ratio 5
+    python benchmarks/bench_data.py --throughput-only --throughput-rounds 3 --r1-traces 2000   # just ratio 1
+    python benchmarks/bench_data.py --rss-only --small 100000 --large 1000000   # just ratio 3
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -50,7 +55,32 @@ def write_corpus(path: Path, n: int, seed: int = 0) -> None:
                 f.write(json.dumps(row) + "\n")
 
 
-def throughput(corpus: Path, tok_dir: Path, workdir: Path, seq_len: int) -> dict:
+R1_RESPONSES = SHARED / "traces" / "think-with-feedback__codeforces-cots_r1_original_responses_1247.tar.gz"
+R1_PROMPTS = SHARED / "traces" / "think-with-feedback__r1_traces_with_prompts_10.tar.gz"
+
+
+def write_r1_corpus(path: Path, n: int) -> dict | None:
+    """n traces of real DeepSeek-R1 responses (1,247 distinct, taken in turn) under the 10 real codeforces-cots
+    prompts (taken in turn, since the responses' own prompts are not in ../shared); None without ../shared."""
+    if not R1_RESPONSES.exists() or not R1_PROMPTS.exists():
+        return None
+    with tarfile.open(R1_RESPONSES) as tar:
+        responses = [tar.extractfile(m).read().decode("utf-8") for m in sorted(tar.getmembers(), key=lambda m: m.name)
+                     if m.isfile() and m.name.endswith("response.md")]
+    with tarfile.open(R1_PROMPTS) as tar:
+        prompts = [tar.extractfile(m).read().decode("utf-8") for m in sorted(tar.getmembers(), key=lambda m: m.name)
+                   if m.isfile() and m.name.endswith("prompt.md")]
+    with path.open("w", encoding="utf-8") as f:
+        for k in range(n):
+            f.write(json.dumps({"id": f"r1-{k}", "question_id": f"cf-{k % len(prompts)}",
+                                "question": prompts[k % len(prompts)], "response": responses[k % len(responses)],
+                                "source": "codeforces-cots", "teacher": "DeepSeek-R1"}) + "\n")
+    return {"responses_distinct": len(responses), "prompts_distinct": len(prompts), "traces": n}
+
+
+def throughput_child(corpus: str, tok_dir: str, store: str, seq_len: str) -> None:
+    """One round, in a fresh process (so nothing the stage imports or starts is warm from an earlier round):
+    the data stage on a started Ray, then the raw encoder on the same texts, in the same minute."""
     from valley import runtime
     from valley.data.chat import ChatEncoder
     from valley.data.config import DataConfig
@@ -58,32 +88,50 @@ def throughput(corpus: Path, tok_dir: Path, workdir: Path, seq_len: int) -> dict
     from valley.storage import Storage
 
     runtime.init()
-    cfg = DataConfig(name="bench", inputs=[str(corpus)], tokenizer=str(tok_dir), max_seq_len=seq_len,
+    cfg = DataConfig(name="bench", inputs=[corpus], tokenizer=tok_dir, max_seq_len=int(seq_len),
                      chunk_rows=20_000, group_docs=4096)
     t0 = time.perf_counter()
-    result = run_data(cfg, Storage(str(workdir / "store")))
+    result = run_data(cfg, Storage(store))
     pipeline_s = time.perf_counter() - t0
-    tokens = result.subsets["all"]["tokens"]
-
-    # The naive baseline: the Rust encoder alone, batch-encoding pre-rendered texts, nothing else.
-    encoder = ChatEncoder(str(tok_dir))
-    rows = [json.loads(line) for line in corpus.open(encoding="utf-8")]
-    texts = [encoder.render(r["question"], r["response"])[0] for r in rows]
-    raw = encoder.tok.backend_tokenizer
-    t0 = time.perf_counter()
-    raw_tokens = sum(len(e.ids) for e in raw.encode_batch(texts, add_special_tokens=False))
-    raw_s = time.perf_counter() - t0
     runtime.shutdown()
+    # The naive baseline: the Rust encoder alone, batch-encoding pre-rendered texts, nothing else.
+    encoder = ChatEncoder(tok_dir)
+    with Path(corpus).open(encoding="utf-8") as f:
+        texts = [encoder.render(r["question"], r["response"])[0] for r in map(json.loads, f)]
+    t0 = time.perf_counter()
+    raw_tokens = sum(len(e.ids) for e in encoder.backend.encode_batch(texts, add_special_tokens=False))
+    raw_s = time.perf_counter() - t0
+    print(json.dumps({"traces": len(texts), "pipeline_tokens": result.subsets["all"]["tokens"],
+                      "pipeline_s": pipeline_s, "raw_encoder_tokens": raw_tokens, "raw_encoder_s": raw_s,
+                      "pack_efficiency": result.subsets["all"]["pack_efficiency"]}))
+
+
+def throughput(corpus: Path, tok_dir: Path, workdir: Path, seq_len: int, rounds: int) -> dict:
+    """Pipeline / raw encoder over `rounds` fresh-process rounds: the median of each round's ratio, since
+    this machine's speed drifts by 10-20% over minutes and both sides of a round share its minute."""
+    runs = []
+    for k in range(rounds):
+        store = workdir / f"throughput-store-{k}"
+        out = subprocess.run([sys.executable, __file__, "--throughput-child", str(corpus), str(tok_dir), str(store),
+                              str(seq_len)], check=True, capture_output=True, text=True,
+                             env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        shutil.rmtree(store, ignore_errors=True)
+    for r in runs:
+        r["ratio"] = round((r["pipeline_tokens"] / r["pipeline_s"]) / (r["raw_encoder_tokens"] / r["raw_encoder_s"]), 3)
+    mid = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
     return {
-        "traces": len(rows),
-        "pipeline_tokens": tokens,
-        "pipeline_s": round(pipeline_s, 2),
-        "pipeline_tok_per_s": round(tokens / pipeline_s),
-        "raw_encoder_tokens": raw_tokens,
-        "raw_encoder_s": round(raw_s, 2),
-        "raw_encoder_tok_per_s": round(raw_tokens / raw_s),
-        "ratio_pipeline_vs_raw": round((tokens / pipeline_s) / (raw_tokens / raw_s), 3),
-        "pack_efficiency": result.subsets["all"]["pack_efficiency"],
+        "traces": mid["traces"],
+        "pipeline_tokens": mid["pipeline_tokens"],
+        "pipeline_s": round(mid["pipeline_s"], 2),
+        "pipeline_tok_per_s": round(mid["pipeline_tokens"] / mid["pipeline_s"]),
+        "raw_encoder_tokens": mid["raw_encoder_tokens"],
+        "raw_encoder_s": round(mid["raw_encoder_s"], 2),
+        "raw_encoder_tok_per_s": round(mid["raw_encoder_tokens"] / mid["raw_encoder_s"]),
+        "ratio_pipeline_vs_raw": mid["ratio"],
+        "ratios_per_round": [r["ratio"] for r in runs],
+        "seconds_per_round": [[round(r["pipeline_s"], 2), round(r["raw_encoder_s"], 2)] for r in runs],
+        "pack_efficiency": mid["pack_efficiency"],
     }
 
 
@@ -358,6 +406,12 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="a commit whose data stage ratio 5 is timed against")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of ratio 5 (median reported)")
     ap.add_argument("--subsets-child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--throughput-child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--throughput-rounds", type=int, default=3, help="fresh-process rounds of ratio 1 (median)")
+    ap.add_argument("--r1-traces", type=int, default=2000,
+                    help="ratio 1 again on this many real R1 traces with the Qwen2.5 tokenizer (0: skip)")
+    ap.add_argument("--throughput-only", action="store_true", help="measure only ratio 1 (both corpora)")
+    ap.add_argument("--rss-only", action="store_true", help="measure only ratio 3 (--small vs --large traces)")
     ap.add_argument("--out", default=None, help="write the JSON results here too")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -367,13 +421,17 @@ def main() -> None:
     if args.subsets_child:
         subsets_child(*args.subsets_child)
         return
+    if args.throughput_child:
+        throughput_child(*args.throughput_child)
+        return
     from valley.demo import build_demo_tokenizer
 
     report: dict = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tok = build_demo_tokenizer(work / "tok")
-        if not args.skip_join and not args.subsets_only:
+        only_one = args.subsets_only or args.throughput_only or args.rss_only
+        if not args.skip_join and not only_one:
             small = join_rss(args.join_small, tok, work)
             print(json.dumps(small), flush=True)
             large = join_rss(args.join_large, tok, work)
@@ -384,21 +442,33 @@ def main() -> None:
             print(json.dumps(report["join"]), flush=True)
         if args.join_only:
             return _print_and_save(report, args.out)
-        if args.subsets_only or not args.skip_subsets:
+        if args.subsets_only or not (args.skip_subsets or only_one):
             labelled = work / "labelled.jsonl"
             write_labelled_corpus(labelled, args.throughput_traces)
             report["subset_set"] = subset_set(labelled, tok, work, args.baseline, args.rounds)
             print(json.dumps(report["subset_set"]), flush=True)
         if args.subsets_only:
             return _print_and_save(report, args.out)
-        corpus = work / "corpus.jsonl"
-        write_corpus(corpus, args.throughput_traces)
-        report["throughput"] = throughput(corpus, tok, work, seq_len=4096)
-        print(json.dumps(report["throughput"]), flush=True)
-        lengths = r1_lengths(work)
-        if lengths:
-            report["packing_32k_r1"] = packing(lengths, 32768)
-            print(json.dumps(report["packing_32k_r1"]), flush=True)
+        if not args.rss_only:
+            corpus = work / "corpus.jsonl"
+            write_corpus(corpus, args.throughput_traces)
+            report["throughput"] = throughput(corpus, tok, work, seq_len=4096, rounds=args.throughput_rounds)
+            print(json.dumps(report["throughput"]), flush=True)
+            r1_corpus = work / "r1.jsonl"
+            made = write_r1_corpus(r1_corpus, args.r1_traces) if args.r1_traces else None
+            if made:
+                import real_tokenizers
+
+                qwen = real_tokenizers.qwen25_dir(SHARED, work / "qwen25")
+                report["throughput_r1"] = {**made, "tokenizer": "Qwen2.5 (../shared Qwen3 files, Qwen2.5 template)",
+                                           **throughput(r1_corpus, qwen, work, seq_len=32768, rounds=args.throughput_rounds)}
+                print(json.dumps(report["throughput_r1"]), flush=True)
+            if args.throughput_only:
+                return _print_and_save(report, args.out)
+            lengths = r1_lengths(work)
+            if lengths:
+                report["packing_32k_r1"] = packing(lengths, 32768)
+                print(json.dumps(report["packing_32k_r1"]), flush=True)
         if not args.skip_rss:
             small = peak_rss_of_run(args.small, tok, work)
             print(json.dumps(small), flush=True)

@@ -242,9 +242,10 @@ def test_rq2_and_rq3_subsets_from_joined_taco_traces(ray_local, corpora, tmp_pat
 def test_join_resumes_from_finished_passes(ray_local, corpora, tmp_path):
     """A run killed after ingest and the source scatter finishes the rest; traces equal a clean run's."""
     from valley.data.ingest import run_ingest
-    from valley.data.joins import _ray_map, _scatter_batch, plan_sources
+    from valley.data.joins import plan_sources, scatter_item
     from valley.data.readers import expand_inputs, plan_chunks
     from valley.data.stage import run_hash
+    from valley.data.task_map import map_items
     from valley.storage import stage_dir
 
     cfg = _cfg(corpora)
@@ -252,7 +253,7 @@ def test_join_resumes_from_finished_passes(ray_local, corpora, tmp_path):
     files = expand_inputs(cfg.inputs)
     out = stage_dir("data", cfg.name, run_hash(cfg, files))
     run_ingest(plan_chunks(files, cfg.chunk_rows), cfg, killed, out)
-    _ray_map("item", [json.dumps(i) for i in plan_sources(cfg)], _scatter_batch, cfg, killed, out)
+    map_items(scatter_item, plan_sources(cfg), cfg, killed, out)
     assert killed.list(out, "pending") and not killed.list(out, "traces")
     resumed = run_data(cfg, killed)
     clean = run_data(cfg, Storage(str(tmp_path / "clean")))

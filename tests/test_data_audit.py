@@ -231,7 +231,7 @@ class PadMaskingEncoder(ChatEncoder):
             yield enc
 
 
-def _documents_in_process(plan, cfg, storage, out_dir, eot_id):
+def _documents_in_process(plan, encoder, cfg, storage, out_dir, eot_id):
     """run_documents without Ray, with the pad-masking mistake in the mask step."""
     packer = DocumentPacker(cfg.model_dump_json(), storage.root, out_dir, eot_id)
     packer._encoder = PadMaskingEncoder(cfg.tokenizer, cfg.system_prompt)

@@ -186,6 +186,14 @@ def test_duplicates_and_question_dedup():
     assert deduped.num_rows == len(set(kept.column("question_id").to_pylist()))
 
 
+def test_the_first_of_duplicate_ids_is_first_in_file_and_row_order_not_in_table_order():
+    meta = pa.table({"id": ["x", "y", "x", "x", "z"], "source_file": ["b", "b", "a", "a", "a"],
+                     "source_row": [0, 1, 9, 4, 2], "question": ["b0", "b1", "a9", "a4", "a2"]})
+    kept, dupes = split_duplicate_ids(meta)
+    assert kept.column("question").to_pylist() == ["b1", "a4", "a2"]  # the table's order, a4 kept for x
+    assert dupes.column("question").to_pylist() == ["a9", "b0"]  # in (file, row) order
+
+
 # ---- packing -----------------------------------------------------------------------------------
 
 
@@ -222,8 +230,9 @@ def _assert_mask_is_assistant_turn(encoder: ChatEncoder, question: str, response
     trained = [t for t, m in zip(enc.input_ids, enc.loss_mask) if m]
     assert encoder.tok.decode(trained) == enc.text[enc.prompt_chars:]
     assert response.strip() in enc.text[enc.prompt_chars:]
-    first = enc.loss_mask.index(1)
-    assert all(enc.loss_mask[first:])  # one contiguous assistant span at the end
+    mask = enc.loss_mask.tolist()
+    first = mask.index(1)
+    assert all(mask[first:])  # one contiguous assistant span at the end
     return enc
 
 

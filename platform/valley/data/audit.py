@@ -11,9 +11,11 @@ resumed run keeps it) and holds each trace's length, so percentiles are exact.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from valley.data.validate import THINK_CLOSE, THINK_OPEN, think_structure
 from valley.manifest import SubsetAudit
@@ -45,7 +47,7 @@ def _end(span: tuple[int, int]) -> int:
     return span[1]
 
 
-def doc_facts(trace_id: str, input_ids: list[int], loss_mask: list[int], offsets: list[tuple[int, int]],
+def doc_facts(trace_id: str, input_ids: Sequence[int], loss_mask: Sequence[int], offsets: Sequence[tuple[int, int]],
               text: str, prompt_chars: int, kept: int, eot_id: int) -> DocFacts:
     """Facts of a trained document: the whole encoding (ids, mask and character offsets of `text`, whose
     first `prompt_chars` characters are the prompt) of which the first `kept` tokens are trained on."""
@@ -70,9 +72,9 @@ def doc_facts(trace_id: str, input_ids: list[int], loss_mask: list[int], offsets
     eot_in_loss = None
     if not cut:  # the reply's end of turn: the last eot token after the prompt
         at = next((i for i in range(n - 1, reply - 1, -1) if input_ids[i] == eot_id), None)
-        eot_in_loss = at is not None and loss_mask[at] == 1
+        eot_in_loss = at is not None and bool(loss_mask[at] == 1)
     return DocFacts(trace_id, n, cut, trained=True, eot_in_loss=eot_in_loss, closed_think=closed,
-                    fenced_after_think=fenced, tokens=kept, loss_tokens=sum(loss_mask[:kept] if cut else loss_mask),
+                    fenced_after_think=fenced, tokens=kept, loss_tokens=int(np.asarray(loss_mask[:kept]).sum()),
                     think_tokens=think_tokens)
 
 

@@ -15,13 +15,13 @@ either way.
 from __future__ import annotations
 
 import bisect
-import contextlib
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from valley.errors import ConfigError
 
@@ -41,7 +41,7 @@ PROBES = [
 @dataclass
 class Encoded:
     input_ids: list[int]
-    loss_mask: list[int]
+    loss_mask: np.ndarray | list[int]  # int8 array, 1 = assistant token (a list where a caller set one)
     prompt_chars: int  # length of the rendered prompt (everything before the assistant turn)
     text: str  # the whole rendered conversation
     offsets: Sequence[tuple[int, int]] = field(default_factory=list)  # each token's characters in `text` (the audit's)
@@ -79,17 +79,14 @@ class Splice:
                 len(self.head) + len(question) + len(self.prompt_tail))
 
 
-def preload_transformers() -> threading.Thread:
-    """Import transformers on a background thread. A driver needs it only after ingest, and the import
-    takes over a second that can overlap ingest's workers instead of following them."""
-
-    def load() -> None:
-        with contextlib.suppress(Exception):  # load_tokenizer imports it again and reports the error
-            from transformers import AutoTokenizer  # noqa: F401 - the lazy module loads on first use
-
-    thread = threading.Thread(target=load, name="preload-transformers", daemon=True)
-    thread.start()
-    return thread
+def encoder_in_background(tokenizer_path: str, system_prompt: str | None) -> Future[ChatEncoder]:
+    """A ChatEncoder built on a background thread. The data stage's driver needs it only after ingest,
+    and building it (importing transformers, loading the tokenizer, probing the template) takes a second
+    or more that overlaps ingest's tasks instead of following them. Errors surface at `.result()`."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-encoder")
+    future = pool.submit(ChatEncoder, tokenizer_path, system_prompt)
+    pool.shutdown(wait=False)
+    return future
 
 
 def load_tokenizer(path: str):
@@ -243,8 +240,9 @@ class ChatEncoder:
             # Offsets are in text order, so the assistant span starts at the first token ending past the prompt.
             spans = Spans(enc)
             first = bisect.bisect_right(spans, prompt_chars, key=_end)
-            n = len(spans)
-            out.append(Encoded(enc.ids, [0] * first + [1] * (n - first), prompt_chars, text, spans))
+            mask = np.zeros(len(spans), np.int8)
+            mask[first:] = 1
+            out.append(Encoded(enc.ids, mask, prompt_chars, text, spans))
         return out
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -36,17 +37,21 @@ class Policy:
 
 def document_table(ids: list[str], encoded: Iterable[Encoded], policy: Policy) -> pa.Table:
     """The documents of traces `ids` from their encodings (in the same order), as `schemas.DOCUMENTS`.
-    Only ids, mask and facts are kept: each encoding's text is freed as the next one is read."""
-    flat_ids: list[int] = []
-    flat_mask: list[int] = []
+    Only ids, mask and facts are kept: each encoding's text is freed as the next one is read. Each
+    document's tokens become a numpy array at once: Arrow converts one flat list of Python ints at a
+    tenth of the speed, which on real R1 traces cost as much as a quarter of their encoding."""
+    token_parts: list[np.ndarray] = []
+    mask_parts: list[np.ndarray] = []
     ends: list[int] = []
+    total = 0
     cols: dict[str, list[Any]] = {name: [] for name in schemas.DOCUMENTS.names[3:]}
     for trace_id, enc in zip(ids, encoded, strict=True):
         facts, reason, truncated, kept = _decide(trace_id, enc, policy)
         if reason is None:
-            flat_ids.extend(enc.input_ids[:kept] if truncated else enc.input_ids)
-            flat_mask.extend(enc.loss_mask[:kept] if truncated else enc.loss_mask)
-        ends.append(len(flat_ids))
+            token_parts.append(np.array(enc.input_ids[:kept] if truncated else enc.input_ids, np.int32))
+            mask_parts.append(np.asarray(enc.loss_mask[:kept] if truncated else enc.loss_mask, np.int8))
+            total += len(token_parts[-1])
+        ends.append(total)
         for name, value in (("n_tokens", facts.n_tokens), ("dropped", reason), ("truncated", truncated),
                             ("loss_tokens", facts.loss_tokens), ("eot_in_loss", facts.eot_in_loss),
                             ("closed_think", facts.closed_think), ("fenced_after_think", facts.fenced_after_think),
@@ -54,10 +59,14 @@ def document_table(ids: list[str], encoded: Iterable[Encoded], policy: Policy) -
             cols[name].append(value)
     offsets = pa.array([0, *ends], pa.int32())
     arrays = [pa.array(ids, pa.string()),
-              pa.ListArray.from_arrays(offsets, pa.array(flat_ids, pa.int32())),
-              pa.ListArray.from_arrays(offsets, pa.array(flat_mask, pa.int8()))]
+              pa.ListArray.from_arrays(offsets, pa.array(_joined(token_parts, np.int32))),
+              pa.ListArray.from_arrays(offsets, pa.array(_joined(mask_parts, np.int8)))]
     arrays += [pa.array(cols[f.name], f.type) for f in list(schemas.DOCUMENTS)[3:]]
     return pa.Table.from_arrays(arrays, schema=schemas.DOCUMENTS)
+
+
+def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
 
 
 def _decide(trace_id: str, enc: Encoded, policy: Policy) -> tuple[DocFacts, str | None, bool, int]:
@@ -68,7 +77,7 @@ def _decide(trace_id: str, enc: Encoded, policy: Policy) -> tuple[DocFacts, str 
     if cut and policy.overlength == "drop":
         return DocFacts(trace_id, n, cut=True), OVERLENGTH, False, 0
     kept = min(n, policy.max_seq_len)
-    if not any(enc.loss_mask[:kept] if cut else enc.loss_mask):
+    if not np.asarray(enc.loss_mask[:kept]).any():
         return DocFacts(trace_id, n, cut=cut), NO_LOSS, cut, kept
     facts = doc_facts(trace_id, enc.input_ids, enc.loss_mask, enc.offsets, enc.text, enc.prompt_chars, kept,
                       policy.eot_id)

@@ -1,4 +1,4 @@
-"""Ingest: read trace chunks with Ray Data, map and validate rows, write traces and rejects parts.
+"""Ingest: read trace chunks in Ray tasks, map and validate rows, write traces and rejects parts.
 
 One chunk becomes one `traces/<key>.parquet` and one `rejects/<key>.parquet`, then a stats sidecar
 `_ingest/<key>.json` that marks the chunk finished. A re-run skips chunks whose sidecar exists, so a
@@ -7,20 +7,17 @@ kill loses at most the chunks in flight, and never leaves a half-written part vi
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections import Counter
 from typing import Any
 
 import pyarrow as pa
-import ray
-import ray.data
 
 from valley import schemas
 from valley.data.columns import MissingField, map_row, resolve
 from valley.data.config import DataConfig
 from valley.data.joins import JOIN_DIR, KEYS, PENDING, PENDING_DIR, route, write_partitioned
 from valley.data.readers import Chunk, iter_chunk
+from valley.data.task_map import map_items
 from valley.data.validate import Reject, reject_row, validate_trace
 from valley.errors import InputError
 from valley.storage import Storage
@@ -77,14 +74,6 @@ def chunk_stats(chunk: Chunk, traces: list[dict], rejects: list[dict]) -> dict[s
             "rejected_by_reason": dict(reasons), "think": dict(think)}
 
 
-def _ingest_batch(batch: dict[str, Any], cfg_json: str, storage_root: str, out_dir: str) -> dict[str, list]:
-    """Ray Data UDF: ingest the chunks of one batch, return their stats as JSON strings."""
-    cfg = DataConfig.model_validate_json(cfg_json)
-    storage = Storage(storage_root)
-    stats = [ingest_one(Chunk(**fields), cfg, storage, out_dir) for fields in batch["chunk"]]
-    return {"stats": [json.dumps(s, sort_keys=True) for s in stats]}
-
-
 def ingest_one(chunk: Chunk, cfg: DataConfig, storage: Storage, out_dir: str) -> dict[str, Any]:
     """Ingest one chunk unless its sidecar says it is finished."""
     sidecar = (out_dir, INGEST_STATS_DIR, f"{chunk.key}.json")
@@ -105,15 +94,5 @@ def ingest_one(chunk: Chunk, cfg: DataConfig, storage: Storage, out_dir: str) ->
 
 
 def run_ingest(chunks: list[Chunk], cfg: DataConfig, storage: Storage, out_dir: str) -> list[dict[str, Any]]:
-    """Ingest all chunks in parallel with Ray Data (streaming, one chunk per task at a time)."""
-    if not chunks:
-        return []
-    items = [{"chunk": dataclasses.asdict(c)} for c in chunks]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        _ingest_batch,
-        fn_kwargs={"cfg_json": cfg.model_dump_json(), "storage_root": storage.root, "out_dir": out_dir},
-        batch_size=1,
-        num_cpus=1,
-    )
-    return [json.loads(row["stats"]) for row in ds.take_all()]
+    """Ingest all chunks in parallel, one Ray task per chunk (task_map.py)."""
+    return map_items(ingest_one, chunks, cfg, storage, out_dir)

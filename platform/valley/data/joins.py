@@ -1,7 +1,8 @@
-"""Joins at corpus scale: fill trace fields from source datasets with a hash-partitioned join on Ray Data.
+"""Joins at corpus scale: fill trace fields from source datasets with a hash-partitioned join in Ray tasks.
 
-Nothing holds a whole table, on the driver or in a task. Three passes, each a Ray Data map over small
-work items (like ingest), each item finished by a sidecar so a killed run redoes only what was in flight:
+Nothing holds a whole table, on the driver or in a task. Three passes, each one Ray task per small work
+item (like ingest, task_map.py), each item finished by a sidecar so a killed run redoes only what was in
+flight:
 
 1. scatter: every source chunk is read, keyed and written as `_join/src/p=<k>/…` by hash of its key
    (ingest wrote the traces' keys the same way, `_join/keys/p=<k>/…`, beside the pending traces);
@@ -21,20 +22,18 @@ rows and writing per-part results keeps the bytes moved to the keys and the take
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import zlib
 from collections import Counter, defaultdict
 from typing import Any
 
 import pyarrow as pa
-import ray
-import ray.data
 
 from valley import schemas
 from valley.data.config import DataConfig, JoinSpec
 from valley.data.join_sources import SOURCE_PRESETS, TAKE_FIELDS, as_value, key_text, question_hash
 from valley.data.readers import Chunk, count_rows, expand_inputs, iter_chunk, plan_chunks
+from valley.data.task_map import map_items
 from valley.data.validate import Reject, derived_question_id, reject_row, validate_trace
 from valley.errors import ConfigError, InputError
 from valley.storage import Storage
@@ -169,25 +168,19 @@ def write_partitioned(rows: list[dict[str, Any]], schema: pa.Schema, partitions:
         storage.write_parquet(pa.Table.from_pylist(part_rows, schema=schema), *where, f"p={k:05d}", f"{name}.parquet")
 
 
-def _scatter_batch(batch: dict[str, Any], cfg_json: str, storage_root: str, out_dir: str) -> dict[str, list]:
-    cfg = DataConfig.model_validate_json(cfg_json)
-    storage = Storage(storage_root)
-    specs = {s.name: s for s in cfg.joins}
-    stats = []
-    for item in batch["item"]:
-        item = json.loads(item)
-        chunk = Chunk(**item["chunk"])
-        name = f"{item['join']}-{chunk.key}"
-        sidecar = (out_dir, JOIN_DIR, "_src", f"{name}.json")
-        if storage.exists(*sidecar):
-            stats.append(storage.read_json(*sidecar))
-            continue
-        rows, counts = source_rows(specs[item["join"]], item["split"], chunk, item["offset"])
-        write_partitioned(rows, SOURCE, cfg.join_partitions, storage, out_dir, JOIN_DIR, "src", name=name)
-        one = {"join": item["join"], **counts}
-        storage.write_json(one, *sidecar)
-        stats.append(one)
-    return {"stats": [json.dumps(s) for s in stats]}
+def scatter_item(item: dict[str, Any], cfg: DataConfig, storage: Storage, out_dir: str) -> dict[str, Any]:
+    """Pass 1 for one source chunk (a `plan_sources` item), unless its sidecar says it is finished."""
+    spec = next(s for s in cfg.joins if s.name == item["join"])
+    chunk = Chunk(**item["chunk"])
+    name = f"{item['join']}-{chunk.key}"
+    sidecar = (out_dir, JOIN_DIR, "_src", f"{name}.json")
+    if storage.exists(*sidecar):
+        return storage.read_json(*sidecar)
+    rows, counts = source_rows(spec, item["split"], chunk, item["offset"])
+    write_partitioned(rows, SOURCE, cfg.join_partitions, storage, out_dir, JOIN_DIR, "src", name=name)
+    one = {"join": item["join"], **counts}
+    storage.write_json(one, *sidecar)
+    return one
 
 
 # ---- pass 2: match per partition ---------------------------------------------------------------
@@ -221,32 +214,27 @@ def match_partition(sources: pa.Table | None, keys: list[dict[str, Any]],
     return out
 
 
-def _match_batch(batch: dict[str, Any], cfg_json: str, storage_root: str, out_dir: str) -> dict[str, list]:
-    cfg = DataConfig.model_validate_json(cfg_json)
-    storage = Storage(storage_root)
+def match_item(k: int, cfg: DataConfig, storage: Storage, out_dir: str) -> dict[str, Any]:
+    """Pass 2 for partition k, unless its sidecar says it is finished."""
     required = {s.name: s.required for s in cfg.joins}
-    stats = []
-    for k in batch["partition"]:
-        pdir = f"p={int(k):05d}"
-        sidecar = (out_dir, JOIN_DIR, "_match", f"{pdir}.json")
-        if storage.exists(*sidecar):
-            stats.append(storage.read_json(*sidecar))
-            continue
-        counts: dict[str, Counter] = defaultdict(Counter)
-        sources = _read_dir(storage, out_dir, JOIN_DIR, "src", pdir)
-        for part in storage.list(out_dir, JOIN_DIR, "keys", pdir, suffix=".parquet"):
-            # one trace part at a time: the taken values of a partition never sit in memory together
-            keys = storage.read_parquet(out_dir, JOIN_DIR, "keys", pdir, part).to_pylist()
-            stem = part.removesuffix(".parquet")
-            results = match_partition(sources, [dict(r, part=stem) for r in keys], required)
-            for r in results:
-                counts[r["join"]][r["status"]] += 1
-            storage.write_parquet(pa.Table.from_pylist(results, schema=TAKEN), out_dir, JOIN_DIR, "take", stem,
-                                  f"{pdir}.parquet")
-        one = {"partition": int(k), "joins": {j: dict(c) for j, c in counts.items()}}
-        storage.write_json(one, *sidecar)
-        stats.append(one)
-    return {"stats": [json.dumps(s) for s in stats]}
+    pdir = f"p={int(k):05d}"
+    sidecar = (out_dir, JOIN_DIR, "_match", f"{pdir}.json")
+    if storage.exists(*sidecar):
+        return storage.read_json(*sidecar)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    sources = _read_dir(storage, out_dir, JOIN_DIR, "src", pdir)
+    for part in storage.list(out_dir, JOIN_DIR, "keys", pdir, suffix=".parquet"):
+        # one trace part at a time: the taken values of a partition never sit in memory together
+        keys = storage.read_parquet(out_dir, JOIN_DIR, "keys", pdir, part).to_pylist()
+        stem = part.removesuffix(".parquet")
+        results = match_partition(sources, [dict(r, part=stem) for r in keys], required)
+        for r in results:
+            counts[r["join"]][r["status"]] += 1
+        storage.write_parquet(pa.Table.from_pylist(results, schema=TAKEN), out_dir, JOIN_DIR, "take", stem,
+                              f"{pdir}.parquet")
+    one = {"partition": int(k), "joins": {j: dict(c) for j, c in counts.items()}}
+    storage.write_json(one, *sidecar)
+    return one
 
 
 # ---- pass 3: finalize per trace part ----------------------------------------------------------
@@ -280,50 +268,36 @@ def finalize_rows(pending: list[dict[str, Any]], taken: dict[int, dict[str, Any]
     return traces, rejects, reasons
 
 
-def _finalize_batch(batch: dict[str, Any], cfg_json: str, storage_root: str, out_dir: str) -> dict[str, list]:
-    cfg = DataConfig.model_validate_json(cfg_json)
-    storage = Storage(storage_root)
-    stats = []
-    for stem in batch["part"]:
-        sidecar = (out_dir, JOIN_DIR, "_final", f"{stem}.json")
-        if storage.exists(*sidecar):
-            stats.append(storage.read_json(*sidecar))
-            continue
-        pending = storage.read_parquet(out_dir, PENDING_DIR, f"{stem}.parquet").to_pylist()
-        table = _read_dir(storage, out_dir, JOIN_DIR, "take", stem)
-        taken = {r["pos"]: r for r in table.to_pylist()} if table is not None else {}
-        traces, rejects, reasons = finalize_rows(pending, taken, cfg)
-        storage.write_parquet(pa.Table.from_pylist(traces, schema=schemas.TRACES), out_dir, "traces", f"{stem}.parquet")
-        storage.write_parquet(pa.Table.from_pylist(rejects, schema=schemas.REJECTS), out_dir, "rejects",
-                              f"{stem}-join.parquet")
-        one = {"part": stem, "accepted": len(traces), "rejected_by_reason": dict(reasons),
-               "think": dict(Counter(t["think"] for t in traces))}
-        storage.write_json(one, *sidecar)
-        # finished: the part's pending copy and taken values are not read again, even on a re-run
-        storage.remove(out_dir, PENDING_DIR, f"{stem}.parquet")
-        storage.remove(out_dir, JOIN_DIR, "take", stem)
-        stats.append(one)
-    return {"stats": [json.dumps(s) for s in stats]}
+def finalize_item(stem: str, cfg: DataConfig, storage: Storage, out_dir: str) -> dict[str, Any]:
+    """Pass 3 for trace part `stem`, unless its sidecar says it is finished."""
+    sidecar = (out_dir, JOIN_DIR, "_final", f"{stem}.json")
+    if storage.exists(*sidecar):
+        return storage.read_json(*sidecar)
+    pending = storage.read_parquet(out_dir, PENDING_DIR, f"{stem}.parquet").to_pylist()
+    table = _read_dir(storage, out_dir, JOIN_DIR, "take", stem)
+    taken = {r["pos"]: r for r in table.to_pylist()} if table is not None else {}
+    traces, rejects, reasons = finalize_rows(pending, taken, cfg)
+    storage.write_parquet(pa.Table.from_pylist(traces, schema=schemas.TRACES), out_dir, "traces", f"{stem}.parquet")
+    storage.write_parquet(pa.Table.from_pylist(rejects, schema=schemas.REJECTS), out_dir, "rejects",
+                          f"{stem}-join.parquet")
+    one = {"part": stem, "accepted": len(traces), "rejected_by_reason": dict(reasons),
+           "think": dict(Counter(t["think"] for t in traces))}
+    storage.write_json(one, *sidecar)
+    # finished: the part's pending copy and taken values are not read again, even on a re-run
+    storage.remove(out_dir, PENDING_DIR, f"{stem}.parquet")
+    storage.remove(out_dir, JOIN_DIR, "take", stem)
+    return one
 
 
 # ---- orchestration -----------------------------------------------------------------------------
 
 
-def _ray_map(column: str, values: list[Any], fn: Any, cfg: DataConfig, storage: Storage, out_dir: str) -> list[dict]:
-    if not values:
-        return []
-    ds = ray.data.from_items([{column: v} for v in values], override_num_blocks=len(values))
-    ds = ds.map_batches(fn, fn_kwargs={"cfg_json": cfg.model_dump_json(), "storage_root": storage.root,
-                                       "out_dir": out_dir}, batch_size=1, num_cpus=1)
-    return [json.loads(r["stats"]) for r in ds.take_all()]
-
-
 def run_joins(cfg: DataConfig, storage: Storage, out_dir: str, parts: list[str]) -> dict[str, Any]:
     """Scatter sources, match partitions, finalize the pending parts; returns counts for the manifest."""
     items = plan_sources(cfg)
-    scattered = _ray_map("item", [json.dumps(i) for i in items], _scatter_batch, cfg, storage, out_dir)
-    matched = _ray_map("partition", list(range(cfg.join_partitions)), _match_batch, cfg, storage, out_dir)
-    finals = _ray_map("part", parts, _finalize_batch, cfg, storage, out_dir)
+    scattered = map_items(scatter_item, items, cfg, storage, out_dir)
+    matched = map_items(match_item, list(range(cfg.join_partitions)), cfg, storage, out_dir)
+    finals = map_items(finalize_item, parts, cfg, storage, out_dir)
     per_join: dict[str, Counter] = {s.name: Counter({status: 0 for status in STATUSES}) for s in cfg.joins}
     for s in scattered:
         per_join[s["join"]].update({k: v for k, v in s.items() if k != "join"})

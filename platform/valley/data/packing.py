@@ -95,66 +95,69 @@ def pack_efficiency(rows: list[PackedRow], seq_len: int) -> float:
     return sum(r.n_tokens for r in rows) / (len(rows) * seq_len) if rows else 0.0
 
 
-def _positions(segments: list[int]) -> np.ndarray:
-    """0, 1, ... restarting at every segment (a document or a row's padding), as int32."""
-    lengths = np.asarray(segments, dtype=np.int64)
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return (np.arange(int(lengths.sum()), dtype=np.int64) - starts).astype(np.int32)
-
-
-def _list_column(values: pa.Array, row_ends: list[int]) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array([0, *row_ends], pa.int32()), values)
-
-
 def pack_documents(docs: pa.Table, seq_len: int, pad_id: int, packing: str) -> pa.Table:
     """The packed shard of documents held as Arrow columns (id, input_ids, loss_mask: schemas.DOCUMENTS'):
     best-fit rows of seq_len tokens (`pack`) or one unpadded row per document, as a schemas.TOKENIZED
-    table; the rows `pack_best_fit` / `one_per_row` give, gathered with numpy instead of Python lists."""
+    table; the rows `pack_best_fit` / `one_per_row` give. Each row is joined from slices of the flat
+    token and mask arrays (one copy per document), not gathered token by token: a per-token index costs
+    several int64 arrays as long as the shard, whose first touch alone is most of the packing."""
     lengths = pc.list_value_length(docs.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
     if packing == "pack":
         _check_fits(docs.column("id").to_pylist(), lengths.tolist(), seq_len)
         rows, width = best_fit_decreasing(lengths.tolist(), seq_len), seq_len
     else:
         rows, width = [[i] for i in range(len(lengths))], None
-    ids = _flat(docs.column("input_ids"), np.int32, pad_id)
-    mask = _flat(docs.column("loss_mask"), np.int8, 0)
-    starts = np.cumsum(lengths) - lengths
-    pad_at = len(ids) - 1  # the pad value _flat appends
-    seg_start: list[int] = []
-    seg_len: list[int] = []
+    ids = _flat(docs.column("input_ids"), np.int32)
+    mask = _flat(docs.column("loss_mask"), np.int8)
+    starts = (np.cumsum(lengths) - lengths).tolist()
+    sizes = lengths.tolist()
+    widest = max([width or 0, *sizes])
+    counting = np.arange(widest, dtype=np.int32)  # every position slice is a prefix of it
+    pad_ids, pad_mask = np.full(widest, pad_id, np.int32), np.zeros(widest, np.int8)
+    id_parts: list[np.ndarray] = []
+    mask_parts: list[np.ndarray] = []
+    pos_parts: list[np.ndarray] = []
     row_ends: list[int] = []
     total = 0
     for members in rows:
         used = 0
         for i in members:
-            seg_start.append(int(starts[i]))
-            seg_len.append(int(lengths[i]))
-            used += int(lengths[i])
+            a, n = starts[i], sizes[i]
+            id_parts.append(ids[a:a + n])
+            mask_parts.append(mask[a:a + n])
+            pos_parts.append(counting[:n])
+            used += n
         pad = width - used if width is not None else 0
-        if pad > 0:
-            seg_start.append(pad_at)
-            seg_len.append(pad)
+        if pad > 0:  # padding counts as one more document: its positions restart at 0
+            id_parts.append(pad_ids[:pad])
+            mask_parts.append(pad_mask[:pad])
+            pos_parts.append(counting[:pad])
         total += used + max(pad, 0)
         row_ends.append(total)
-    positions = _positions(seg_len)
-    step = np.repeat(np.asarray([s != pad_at for s in seg_start], dtype=np.int64), seg_len)
-    gather = np.repeat(np.asarray(seg_start, dtype=np.int64), seg_len) + positions.astype(np.int64) * step
-    loss = np.concatenate([[0], np.cumsum(mask[:-1], dtype=np.int64)])
-    doc_loss = loss[starts + lengths] - loss[starts]
+    loss_per_doc = [int(mask[a:a + n].sum()) for a, n in zip(starts, sizes)]
     trace_ids = docs.column("id").to_pylist()
     columns = [
-        _list_column(pa.array(ids[gather]), row_ends),
-        _list_column(pa.array(mask[gather]), row_ends),
-        _list_column(pa.array(positions), row_ends),
+        _list_column(pa.array(_joined(id_parts, np.int32)), row_ends),
+        _list_column(pa.array(_joined(mask_parts, np.int8)), row_ends),
+        _list_column(pa.array(_joined(pos_parts, np.int32)), row_ends),
         pa.array([len(m) for m in rows], pa.int32()),
-        pa.array([int(lengths[m].sum()) for m in rows], pa.int32()),
-        pa.array([int(doc_loss[m].sum()) for m in rows], pa.int32()),
+        pa.array([sum(sizes[i] for i in m) for m in rows], pa.int32()),
+        pa.array([sum(loss_per_doc[i] for i in m) for m in rows], pa.int32()),
         pa.array([[trace_ids[i] for i in m] for m in rows], pa.list_(pa.string())),
     ]
     return pa.Table.from_arrays(columns, schema=schemas.TOKENIZED)
 
 
-def _flat(column: pa.ChunkedArray, dtype: type, pad: int) -> np.ndarray:
-    """A list column's values in one array, with `pad` appended (what padding segments gather)."""
-    values = pc.list_flatten(column).to_numpy(zero_copy_only=False) if len(column) else np.empty(0, dtype)
-    return np.append(values.astype(dtype, copy=False), np.asarray([pad], dtype))
+def _list_column(values: pa.Array, row_ends: list[int]) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array([0, *row_ends], pa.int32()), values)
+
+
+def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+
+def _flat(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
+    """A list column's values in one array (no copy when Arrow holds them in one chunk of `dtype`)."""
+    if not len(column):
+        return np.empty(0, dtype)
+    return pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(dtype, copy=False)

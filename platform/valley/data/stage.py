@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from valley import schemas
 from valley.data.audit import subset_audit
-from valley.data.chat import load_tokenizer, preload_transformers
+from valley.data.chat import encoder_in_background, load_tokenizer
 from valley.data.conditions import (
     LENGTH_COLUMNS,
     TOKEN_COLUMNS,
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 META_COLUMNS = ["id", "question_id", "source", "difficulty", "difficulty_bucket", "teacher", "correct", "think",
                 "source_file", "source_row"]
+SELECTED_COLUMNS = ["id", "question_id", "part", "source_file", "source_row"]  # subsets/ and document_plan's
 
 
 class DataResult(StageResult):
@@ -168,7 +169,7 @@ def run_data(cfg: DataConfig, storage: Storage) -> DataResult:
 
 def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) -> DataResult:
     """The stage body (valley.stage.run_stage does the skip, clean-up and marker around it)."""
-    preload_transformers()  # needed from step 4 on; its import overlaps ingest
+    building = encoder_in_background(cfg.tokenizer, cfg.system_prompt)  # needed from step 4 on
     warm_workers()
     # 1. ingest + validate (+ join), parallel and resumable per chunk
     reasons, think, joins = build_traces(cfg, storage, out, files)
@@ -187,23 +188,28 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
         raise ConfigError(f"no trace was accepted from {len(files)} file(s) ({top}); check `columns` "
                           f"and the rejects under {storage.uri(out, 'rejects')}")
 
-    # 3. subsets
+    # 3. subsets (the driver keeps only the columns later steps read: at a million traces the rest weighs
+    # more than the workers)
     if "answers_per_question" in derived:
         meta = with_answer_counts(meta)
     ordered = seeded_order(meta, cfg.seed)
+    del meta
     if cfg.dedup_questions:
         ordered = dedup_questions(ordered)
+    questions_deduplicated = accepted - ordered.num_rows
     selected, pools = select_with_pools(ordered, cfg.subsets)
+    del ordered
+    selected = {name: table.select(SELECTED_COLUMNS) for name, table in selected.items()}
     for name, table in selected.items():
         storage.write_parquet(table.select(["id", "question_id", "part"]), out, "subsets", f"{name}.parquet")
 
     # 4. template and tokenize each trace once, pack each subset from the documents, audit the labels
     _save_tokenizer(cfg, storage, out)
-    tok = load_tokenizer(cfg.tokenizer)
-    eot_id, eot_token = end_of_turn(tok, cfg.tokenizer)
-    pad_id, pad_from = pad_of(tok)
+    encoder = building.result()
+    eot_id, eot_token = end_of_turn(encoder.tok, cfg.tokenizer)
+    pad_id, pad_from = pad_of(encoder.tok)
     plan = plan_documents(selected, cfg.group_docs)
-    doc_stats, all_stats = run_documents(plan, cfg, storage, out, eot_id)
+    doc_stats, all_stats = run_documents(plan, encoder, cfg, storage, out, eot_id)
     documents = {"path": posixpath.join(out, DOCUMENTS_DIR), "parts": len(doc_stats),
                  "traces": sum(s["docs"] for s in doc_stats), "tokens": sum(s["tokens"] for s in doc_stats),
                  "memberships": plan.memberships}
@@ -229,7 +235,7 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
         "accepted": accepted,
         "rejected": sum(reasons.values()),
         "rejected_by_reason": dict(reasons),
-        "questions_deduplicated": accepted - ordered.num_rows,
+        "questions_deduplicated": questions_deduplicated,
         "subsets": subsets,
         "documents": documents,
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -67,16 +68,20 @@ class DocumentPacker:
         """Encode a documents group (unless its part exists), then pack the subset groups that are exactly
         it; returns its counts and those groups' stats."""
         name = f"{part_name(group.group)}.parquet"
-        table = None
-        if not self.storage.exists(self.out_dir, DOCUMENTS_DIR, name):
-            table = self.encode(group)
-            self.storage.write_parquet(table, self.out_dir, DOCUMENTS_DIR, name)
-        stats = []
-        for pack in packs:
-            done = self.finished(pack)
-            if done is None and table is None:
-                table = self.storage.read_parquet(self.out_dir, DOCUMENTS_DIR, name)
-            stats.append(done if done is not None else self.pack_from(pack, table))
+        table, written = None, None
+        # the part is written beside the packing (Arrow compresses without the GIL); both end with the task
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="documents-writer") as writer:
+            if not self.storage.exists(self.out_dir, DOCUMENTS_DIR, name):
+                table = self.encode(group)
+                written = writer.submit(self.storage.write_parquet, table, self.out_dir, DOCUMENTS_DIR, name)
+            stats = []
+            for pack in packs:
+                done = self.finished(pack)
+                if done is None and table is None:
+                    table = self.storage.read_parquet(self.out_dir, DOCUMENTS_DIR, name)
+                stats.append(done if done is not None else self.pack_from(pack, table))
+        if written is not None:
+            written.result()  # its error, if any
         counts = table if table is not None else self.storage.read_parquet(self.out_dir, DOCUMENTS_DIR, name,
                                                                             columns=["n_tokens"])
         return {"group": group.group, "docs": counts.num_rows,
@@ -143,16 +148,19 @@ class DocumentPacker:
 
 
 @ray.remote(num_cpus=1)
-def _import_tokenize() -> None:
-    """Nothing but this module's imports (Ray, Arrow, tokenizers), done in a worker process."""
+def _import_data_tasks() -> None:
+    """Nothing but the imports of the data stage's tasks (Ray, Arrow, tokenizers, ingest), in a worker."""
     import tokenizers  # noqa: F401
+
+    import valley.data.ingest  # noqa: F401
 
 
 def warm_workers() -> list[ray.ObjectRef]:
-    """Import the tokenize tasks' modules in one worker per CPU, started with the stage: a cold worker
-    spends a second or two importing them, which this overlaps with ingest instead of tokenizing."""
+    """Import the data stage tasks' modules in one worker per CPU, started with the stage: a cold worker
+    spends a second or two importing them, which this overlaps with the driver's own start instead of
+    the first chunk's ingest and the first group's tokenizing."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return [_import_tokenize.remote() for _ in range(cpus)]
+    return [_import_data_tasks.remote() for _ in range(cpus)]
 
 
 _PACKERS: dict[str, DocumentPacker] = {}  # this worker process's packer, by its arguments
@@ -173,7 +181,7 @@ def _run_group(task: DocGroup | PackGroup, packs: list[PackGroup], portable: dic
     return json.dumps(out, sort_keys=True)
 
 
-def run_documents(plan: DocumentPlan, cfg: DataConfig, storage: Storage, out_dir: str,
+def run_documents(plan: DocumentPlan, encoder: ChatEncoder, cfg: DataConfig, storage: Storage, out_dir: str,
                   eot_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Make every documents group and pack every subset group, one Ray task per group; returns the
     documents groups' counts and the subset groups' stats.
@@ -186,7 +194,7 @@ def run_documents(plan: DocumentPlan, cfg: DataConfig, storage: Storage, out_dir
     """
     if not plan.documents:
         return [], []
-    portable = ray.put(ChatEncoder(cfg.tokenizer, cfg.system_prompt).portable())
+    portable = ray.put(encoder.portable())
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     workers = min(len(plan.documents) + len(plan.packs), cfg.tokenize_concurrency or cpus)
     args = {"cfg_json": cfg.model_dump_json(), "storage_root": storage.root, "out_dir": out_dir, "eot_id": eot_id}
