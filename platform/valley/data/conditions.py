@@ -103,6 +103,8 @@ def mask(table: pa.Table, where: dict[str, Condition]) -> pa.ChunkedArray | pa.A
     keep = pa.array([True] * table.num_rows, pa.bool_())
     for column, condition in where.items():
         values = table.column(column)
+        if pa.types.is_dictionary(values.type):  # part and source_file on the driver (data/dictionary_columns.py)
+            values = values.cast(values.type.value_type)
         for op, value in condition.operators().items():
             if op in ("in", "not_in"):
                 hit = pc.is_in(values, value_set=pa.array(value, type=values.type))

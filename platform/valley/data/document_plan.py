@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from valley.data.dictionary_columns import sorted_by
+
 STORAGE_ORDER = [("part", "ascending"), ("source_file", "ascending"), ("source_row", "ascending"),
                  ("id", "ascending")]
 MEMBER_COLUMNS = ["id", "part", "source_file", "source_row"]
@@ -56,7 +58,7 @@ class DocumentPlan:
 
 
 def storage_order(members: pa.Table) -> pa.Table:
-    return members.select(MEMBER_COLUMNS).sort_by(STORAGE_ORDER)
+    return sorted_by(members.select(MEMBER_COLUMNS), STORAGE_ORDER)
 
 
 def distinct_members(selected: dict[str, pa.Table]) -> pa.Table:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from valley import schemas
 from valley.data.audit import subset_audit
@@ -36,6 +37,7 @@ from valley.data.conditions import (
     length_columns,
 )
 from valley.data.config import ColumnMapping, DataConfig, SubsetSpec
+from valley.data.dictionary_columns import plain, repeated
 from valley.data.document_plan import plan_documents
 from valley.data.eot import end_of_turn
 from valley.data.ingest import run_ingest
@@ -61,6 +63,7 @@ log = logging.getLogger(__name__)
 META_COLUMNS = ["id", "question_id", "source", "difficulty", "difficulty_bucket", "teacher", "correct", "think",
                 "source_file", "source_row"]
 SELECTED_COLUMNS = ["id", "question_id", "part", "source_file", "source_row"]  # subsets/ and document_plan's
+TEXT_ONCE = pa.dictionary(pa.int32(), pa.string())  # part and source_file in the selection's tables
 
 
 class DataResult(StageResult):
@@ -96,7 +99,8 @@ def run_hash(cfg: DataConfig, files: list[str]) -> str:
 
 
 def _load_meta(storage: Storage, out: str, derived: set[str] = frozenset(), tokenizer: str | None = None) -> pa.Table:
-    """Every trace's columns that subsets select on (not its text), with the part it is in, and the
+    """Every trace's columns that subsets select on (not its text), with the part it is in (`part` and
+    `source_file` dictionary-encoded: one value per chunk, see dictionary_columns.py), and the
     `derived` length columns a subset names: characters of the response and its think block, and their
     tokens under `tokenizer` (read part by part; the text itself is dropped)."""
     needs_text = bool(derived & (LENGTH_COLUMNS | TOKEN_COLUMNS))
@@ -109,12 +113,14 @@ def _load_meta(storage: Storage, out: str, derived: set[str] = frozenset(), toke
             t = t.drop_columns(["response"])
             for name, values in lengths.items():
                 t = t.append_column(name, values)
-        tables.append(t.append_column("part", pa.array([part] * t.num_rows, pa.string())))
+        at = t.schema.get_field_index("source_file")
+        t = t.set_column(at, "source_file", pc.dictionary_encode(t.column("source_file")).cast(TEXT_ONCE))
+        tables.append(t.append_column("part", repeated(part, t.num_rows)))
     if tables:
         return pa.concat_tables(tables)
-    fields = [schemas.TRACES.field(c) for c in META_COLUMNS]
+    fields = [schemas.TRACES.field(c) if c != "source_file" else pa.field(c, TEXT_ONCE) for c in META_COLUMNS]
     fields += [pa.field(name, pa.int64()) for name in sorted(derived & (LENGTH_COLUMNS | TOKEN_COLUMNS))]
-    return pa.schema([*fields, pa.field("part", pa.string())]).empty_table()
+    return pa.schema([*fields, pa.field("part", TEXT_ONCE)]).empty_table()
 
 
 def _save_tokenizer(cfg: DataConfig, storage: Storage, out: str) -> None:
@@ -201,7 +207,7 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
     del ordered
     selected = {name: table.select(SELECTED_COLUMNS) for name, table in selected.items()}
     for name, table in selected.items():
-        storage.write_parquet(table.select(["id", "question_id", "part"]), out, "subsets", f"{name}.parquet")
+        storage.write_parquet(plain(table.select(["id", "question_id", "part"])), out, "subsets", f"{name}.parquet")
 
     # 4. template and tokenize each trace once, pack each subset from the documents, audit the labels
     _save_tokenizer(cfg, storage, out)

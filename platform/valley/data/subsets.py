@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from valley.data.conditions import describe, mask
 from valley.data.config import TACO_EASY, TACO_HARD, SubsetSpec, exclusion_order
+from valley.data.dictionary_columns import sort_indices, sorted_by
 from valley.errors import ConfigError
 
 
@@ -23,10 +24,16 @@ def order_keys(ids: list[str], seed: int) -> list[int]:
     return [int.from_bytes(hashlib.sha256(prefix + i.encode("utf-8")).digest()[:8], "big") for i in ids]
 
 
+KEY_BATCH = 65_536  # ids made Python strings at a time when keying (a million at once held ~100 MB)
+
+
 def seeded_order(meta: pa.Table, seed: int) -> pa.Table:
     """`meta` sorted by the seeded key (ties, impossible in practice, broken by id)."""
-    keys = pa.array(order_keys(meta.column("id").to_pylist(), seed), pa.uint64())
-    return meta.append_column("_key", keys).sort_by([("_key", "ascending"), ("id", "ascending")])
+    ids = meta.column("id")
+    keys = np.empty(len(ids), np.uint64)
+    for at in range(0, len(ids), KEY_BATCH):
+        keys[at:at + KEY_BATCH] = order_keys(ids.slice(at, KEY_BATCH).to_pylist(), seed)
+    return meta.append_column("_key", pa.array(keys)).sort_by([("_key", "ascending"), ("id", "ascending")])
 
 
 def split_duplicate_ids(meta: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -35,7 +42,7 @@ def split_duplicate_ids(meta: pa.Table) -> tuple[pa.Table, pa.Table]:
     hash grouping finds each id's first rank: a Python set of a million ids and two sorted copies of the
     table held over a gigabyte on the driver."""
     keys = [("source_file", "ascending"), ("source_row", "ascending"), ("id", "ascending")]
-    order = pc.sort_indices(meta.select([k for k, _ in keys]), sort_keys=keys).to_numpy()
+    order = sort_indices(meta, keys).to_numpy()
     rank = np.empty(meta.num_rows, np.int64)
     rank[order] = np.arange(meta.num_rows, dtype=np.int64)
     ranks = pa.array(rank)
@@ -44,7 +51,7 @@ def split_duplicate_ids(meta: pa.Table) -> tuple[pa.Table, pa.Table]:
     if firsts.num_rows == meta.num_rows:  # no duplicates (the usual case): no copy of the table
         return meta, meta.slice(0, 0)
     keep = pc.is_in(ranks, value_set=firsts.column("rank_min"))
-    return meta.filter(keep), meta.filter(pc.invert(keep)).sort_by(keys)
+    return meta.filter(keep), sorted_by(meta.filter(pc.invert(keep)), keys)
 
 
 def dedup_questions(ordered: pa.Table) -> pa.Table:
