@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from valley import schemas
 from valley.data.audit import DocFacts, doc_facts, tally
 from valley.data.chat import Encoded
+from valley.data.packing import concatenated
 
 OVERLENGTH = "overlength"
 NO_LOSS = "no_assistant_tokens"
@@ -59,14 +60,10 @@ def document_table(ids: list[str], encoded: Iterable[Encoded], policy: Policy) -
             cols[name].append(value)
     offsets = pa.array([0, *ends], pa.int32())
     arrays = [pa.array(ids, pa.string()),
-              pa.ListArray.from_arrays(offsets, pa.array(_joined(token_parts, np.int32))),
-              pa.ListArray.from_arrays(offsets, pa.array(_joined(mask_parts, np.int8)))]
+              pa.ListArray.from_arrays(offsets, pa.array(concatenated(token_parts, np.int32))),
+              pa.ListArray.from_arrays(offsets, pa.array(concatenated(mask_parts, np.int8)))]
     arrays += [pa.array(cols[f.name], f.type) for f in list(schemas.DOCUMENTS)[3:]]
     return pa.Table.from_arrays(arrays, schema=schemas.DOCUMENTS)
-
-
-def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.empty(0, dtype)
 
 
 def _decide(trace_id: str, enc: Encoded, policy: Policy) -> tuple[DocFacts, str | None, bool, int]:

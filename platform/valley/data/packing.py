@@ -7,6 +7,7 @@ what lets the trainer keep attention inside each document.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,16 +102,16 @@ def pack_documents(docs: pa.Table, seq_len: int, pad_id: int, packing: str) -> p
     table; the rows `pack_best_fit` / `one_per_row` give. Each row is joined from slices of the flat
     token and mask arrays (one copy per document), not gathered token by token: a per-token index costs
     several int64 arrays as long as the shard, whose first touch alone is most of the packing."""
-    lengths = pc.list_value_length(docs.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+    sizes = pc.list_value_length(docs.column("input_ids")).to_pylist()
+    trace_ids = docs.column("id").to_pylist()
     if packing == "pack":
-        _check_fits(docs.column("id").to_pylist(), lengths.tolist(), seq_len)
-        rows, width = best_fit_decreasing(lengths.tolist(), seq_len), seq_len
+        _check_fits(trace_ids, sizes, seq_len)
+        rows, width = best_fit_decreasing(sizes, seq_len), seq_len
     else:
-        rows, width = [[i] for i in range(len(lengths))], None
+        rows, width = [[i] for i in range(len(sizes))], None
     ids = _flat(docs.column("input_ids"), np.int32)
     mask = _flat(docs.column("loss_mask"), np.int8)
-    starts = (np.cumsum(lengths) - lengths).tolist()
-    sizes = lengths.tolist()
+    starts = list(itertools.accumulate(sizes, initial=0))[:-1]
     widest = max([width or 0, *sizes])
     counting = np.arange(widest, dtype=np.int32)  # every position slice is a prefix of it
     pad_ids, pad_mask = np.full(widest, pad_id, np.int32), np.zeros(widest, np.int8)
@@ -135,11 +136,10 @@ def pack_documents(docs: pa.Table, seq_len: int, pad_id: int, packing: str) -> p
         total += used + max(pad, 0)
         row_ends.append(total)
     loss_per_doc = [int(mask[a:a + n].sum()) for a, n in zip(starts, sizes)]
-    trace_ids = docs.column("id").to_pylist()
     columns = [
-        _list_column(pa.array(_joined(id_parts, np.int32)), row_ends),
-        _list_column(pa.array(_joined(mask_parts, np.int8)), row_ends),
-        _list_column(pa.array(_joined(pos_parts, np.int32)), row_ends),
+        _list_column(pa.array(concatenated(id_parts, np.int32)), row_ends),
+        _list_column(pa.array(concatenated(mask_parts, np.int8)), row_ends),
+        _list_column(pa.array(concatenated(pos_parts, np.int32)), row_ends),
         pa.array([len(m) for m in rows], pa.int32()),
         pa.array([sum(sizes[i] for i in m) for m in rows], pa.int32()),
         pa.array([sum(loss_per_doc[i] for i in m) for m in rows], pa.int32()),
@@ -152,7 +152,8 @@ def _list_column(values: pa.Array, row_ends: list[int]) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array([0, *row_ends], pa.int32()), values)
 
 
-def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+def concatenated(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    """The parts end to end (an empty array of `dtype` for none)."""
     return np.concatenate(parts) if parts else np.empty(0, dtype)
 
 

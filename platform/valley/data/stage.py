@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from valley import schemas
 from valley.data.audit import subset_audit
-from valley.data.chat import encoder_in_background, load_tokenizer
+from valley.data.chat import encoder_in_background
 from valley.data.conditions import (
     LENGTH_COLUMNS,
     TOKEN_COLUMNS,
@@ -38,7 +38,7 @@ from valley.data.conditions import (
 )
 from valley.data.config import ColumnMapping, DataConfig, SubsetSpec
 from valley.data.dictionary_columns import plain, repeated
-from valley.data.document_plan import plan_documents
+from valley.data.document_plan import MEMBER_COLUMNS, plan_documents
 from valley.data.eot import end_of_turn
 from valley.data.ingest import run_ingest
 from valley.data.joins import check_inputs, run_joins
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 META_COLUMNS = ["id", "question_id", "source", "difficulty", "difficulty_bucket", "teacher", "correct", "think",
                 "source_file", "source_row"]
-SELECTED_COLUMNS = ["id", "question_id", "part", "source_file", "source_row"]  # subsets/ and document_plan's
+SELECTED_COLUMNS = [*MEMBER_COLUMNS, "question_id"]  # what subsets/ and the document plan read
 TEXT_ONCE = pa.dictionary(pa.int32(), pa.string())  # part and source_file in the selection's tables
 
 
@@ -98,13 +98,12 @@ def run_hash(cfg: DataConfig, files: list[str]) -> str:
     return hashlib.sha256((cfg.config_hash() + _fingerprint(inputs) + _fingerprint(tok_files)).encode()).hexdigest()
 
 
-def _load_meta(storage: Storage, out: str, derived: set[str] = frozenset(), tokenizer: str | None = None) -> pa.Table:
+def _load_meta(storage: Storage, out: str, derived: set[str] = frozenset(), tok: Any = None) -> pa.Table:
     """Every trace's columns that subsets select on (not its text), with the part it is in (`part` and
     `source_file` dictionary-encoded: one value per chunk, see dictionary_columns.py), and the
     `derived` length columns a subset names: characters of the response and its think block, and their
-    tokens under `tokenizer` (read part by part; the text itself is dropped)."""
+    tokens under `tok`, the student's tokenizer (read part by part; the text itself is dropped)."""
     needs_text = bool(derived & (LENGTH_COLUMNS | TOKEN_COLUMNS))
-    tok = load_tokenizer(tokenizer) if derived & TOKEN_COLUMNS and tokenizer else None
     tables = []
     for part in storage.list(out, "traces", suffix=".parquet"):
         t = storage.read_parquet(out, "traces", part, columns=META_COLUMNS + (["response"] if needs_text else []))
@@ -182,7 +181,8 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
 
     # 2. one row per id; duplicates are rejects too
     derived = derived_needed([w for subset in cfg.subsets for w in subset.where_clauses()])
-    meta, dupes = split_duplicate_ids(_load_meta(storage, out, derived, cfg.tokenizer))
+    tok = building.result().tok if derived & TOKEN_COLUMNS else None  # the encoder's: loaded once
+    meta, dupes = split_duplicate_ids(_load_meta(storage, out, derived, tok))
     if dupes.num_rows:
         reasons["duplicate_id"] += dupes.num_rows
         rows = [{"source_file": r["source_file"], "source_row": r["source_row"], "field": "id",
