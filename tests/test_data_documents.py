@@ -41,15 +41,15 @@ def test_plan_covers_each_distinct_trace_once_and_keeps_each_subsets_groups():
     selected = {"r10": _members(ids[:10]), "r100": _members(ids[:100]), "r250": _members(ids[:250]),
                 "other": _members(ids[200:290]), "all": _members(ids)}
     plan = plan_documents(selected, group_docs=32)
-    made = [i for g in plan.documents for i in g.ids]
+    made = [i for g in plan.documents for i in g.ids.to_pylist()]
     assert made == sorted(ids) and plan.memberships == 10 + 100 + 250 + 90 + 300
-    docs_of = {i: g.group for g in plan.documents for i in g.ids}
+    docs_of = {i: g.group for g in plan.documents for i in g.ids.to_pylist()}
     for name, table in selected.items():
         groups = [p for p in plan.packs if p.subset == name]
         ordered = sorted(table.column("id").to_pylist())  # storage order: by part, then row
         assert [p.group for p in groups] == list(range(len(groups)))
         for p in groups:
-            got = plan.documents[p.docs[0]].ids if p.with_documents else p.ids
+            got = (plan.documents[p.docs[0]].ids if p.with_documents else p.ids).to_pylist()
             assert got == ordered[p.group * 32:(p.group + 1) * 32]
             assert p.docs == list(range(docs_of[got[0]], docs_of[got[-1]] + 1))
     assert all(p.with_documents for p in plan.packs if p.subset == "all")  # packed as it is encoded

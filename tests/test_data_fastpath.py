@@ -48,7 +48,7 @@ def _pairs(n: int = 60) -> list[tuple[str, str]]:
 
 def _same_encodings(a: ChatEncoder, b: ChatEncoder, pairs: list[tuple[str, str]]) -> None:
     for x, y in zip(a.encode(pairs), b.encode(pairs), strict=True):
-        assert (x.input_ids, x.prompt_chars, x.text) == (y.input_ids, y.prompt_chars, y.text)
+        assert (x.input_ids.tolist(), x.prompt_chars, x.text) == (y.input_ids.tolist(), y.prompt_chars, y.text)
         assert x.loss_mask.tolist() == y.loss_mask.tolist()
         assert list(x.offsets) == list(y.offsets)
 

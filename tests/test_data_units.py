@@ -252,7 +252,7 @@ def test_mask_with_real_qwen25_and_llama31_tokenizers(tmp_path, shared_data):
     assert "<think>" not in qwen.tok.get_added_vocab()  # plain text for Qwen2.5
     llama = ChatEncoder(str(real_tokenizers.llama31_dir(shared_data, tmp_path / "l31")), system_prompt="Be brief.")
     enc = _assert_mask_is_assistant_turn(llama, "Add two numbers.", RESPONSE)
-    assert enc.input_ids[0] == 128000 and enc.input_ids.count(128000) == 1  # one BOS, from the template
+    assert enc.input_ids[0] == 128000 and list(enc.input_ids).count(128000) == 1  # one BOS, from the template
     assert enc.input_ids[-1] == 128009  # the trained turn ends with <|eot_id|>
 
 

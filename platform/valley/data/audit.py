@@ -10,13 +10,13 @@ resumed run keeps it) and holds each trace's length, so percentiles are exact.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from valley.data.byte_spans import tokens_ending_by
 from valley.data.validate import THINK_CLOSE, THINK_OPEN, think_structure
 from valley.manifest import SubsetAudit
 
@@ -43,17 +43,13 @@ class DocFacts:
     think_tokens: int = 0
 
 
-def _end(span: tuple[int, int]) -> int:
-    return span[1]
-
-
 def doc_facts(trace_id: str, input_ids: Sequence[int], loss_mask: Sequence[int], offsets: Sequence[tuple[int, int]],
               text: str, prompt_chars: int, kept: int, eot_id: int) -> DocFacts:
     """Facts of a trained document: the whole encoding (ids, mask and character offsets of `text`, whose
     first `prompt_chars` characters are the prompt) of which the first `kept` tokens are trained on."""
     n = len(input_ids)
     cut = kept < n
-    reply = bisect.bisect_right(offsets, prompt_chars, key=_end)  # first token of the reply
+    reply = tokens_ending_by(offsets, prompt_chars)  # first token of the reply
     end = offsets[kept - 1][1] if kept else prompt_chars
     body = text[prompt_chars:end]  # the reply as trained (with what the template writes after it)
     closed = think_structure(body) == "closed"
@@ -62,8 +58,8 @@ def doc_facts(trace_id: str, input_ids: Sequence[int], loss_mask: Sequence[int],
     if opened >= 0:
         close = body.find(THINK_CLOSE, opened)
         stop = close + len(THINK_CLOSE) if close >= 0 else len(body)
-        think_tokens = (bisect.bisect_right(offsets, prompt_chars + stop, hi=kept, key=_end)
-                        - bisect.bisect_right(offsets, prompt_chars + opened, hi=kept, key=_end))
+        think_tokens = (tokens_ending_by(offsets, prompt_chars + stop, hi=kept)
+                        - tokens_ending_by(offsets, prompt_chars + opened, hi=kept))
     fenced = False
     if closed:
         after = body[body.find(THINK_CLOSE) + len(THINK_CLOSE):]
@@ -105,12 +101,12 @@ def tally(facts: Iterable[DocFacts]) -> dict[str, Any]:
     return out
 
 
-def percentiles(values: list[int]) -> dict[str, int]:
+def percentiles(values: Sequence[int] | np.ndarray) -> dict[str, int]:
     """Nearest-rank p50/p90/p99/max (each one of the values); empty for no values."""
-    if not values:
+    if not len(values):
         return {}
-    ordered = sorted(values)
-    return {name: ordered[max(0, -(-p * len(ordered) // 100) - 1)] for name, p in PERCENTILES.items()}
+    ordered = np.sort(np.asarray(values, np.int64))
+    return {name: int(ordered[max(0, -(-p * len(ordered) // 100) - 1)]) for name, p in PERCENTILES.items()}
 
 
 def _share(part: int, whole: int) -> float:
@@ -129,7 +125,8 @@ def subset_audit(subset: str, tallies: list[dict[str, Any]], *, eot_id: int, eot
         truncated_share=_share(total["truncated"], total["traces"]),
         closed_think_share=_share(total["closed_think"], total["documents"]),
         fenced_after_think_share=_share(total["fenced_after_think"], total["documents"]),
-        length_percentiles=percentiles([n for t in tallies for n in t["lengths"]]),
+        length_percentiles=percentiles(np.concatenate([np.asarray(t["lengths"], np.int64) for t in tallies])
+                                       if tallies else []),
         loss_tokens_share=_share(total["loss_tokens"], total["tokens"]),
         think_tokens_share=_share(total["think_tokens"], total["tokens"]),
     )

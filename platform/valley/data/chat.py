@@ -14,15 +14,16 @@ either way.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from valley.data.byte_spans import ByteLengths, token_byte_lengths, tokens_ending_by
 from valley.errors import ConfigError
 
 ENCODE_SLICE = 512  # documents per encode_batch call in iter_encode
@@ -40,7 +41,7 @@ PROBES = [
 
 @dataclass
 class Encoded:
-    input_ids: list[int]
+    input_ids: np.ndarray | list[int]  # int32 array (a list where a caller set one)
     loss_mask: np.ndarray | list[int]  # int8 array, 1 = assistant token (a list where a caller set one)
     prompt_chars: int  # length of the rendered prompt (everything before the assistant turn)
     text: str  # the whole rendered conversation
@@ -229,26 +230,36 @@ class ChatEncoder:
                 pending = pool.submit(self._encode_slice, slices[k + 1]) if k + 1 < len(slices) else None
                 yield from done
 
+    @cached_property
+    def byte_lengths(self) -> ByteLengths | None:
+        """Bytes each token spells, when token ends can be summed from them (byte_spans.py); else None."""
+        return token_byte_lengths(self.backend)
+
     def _encode_slice(self, pairs: list[tuple[str, str]]) -> list[Encoded]:
         """Render and encode some documents; the mask starts at the first token past the prompt."""
         rendered = [self.render(q, r) for q, r in pairs]
+        texts = [text for text, _ in rendered]
         # The Rust encoder directly: the transformers wrapper doubles the cost by converting every
         # offset to Python objects twice. No special tokens added: the template wrote BOS/headers.
-        batch = self.backend.encode_batch([text for text, _ in rendered], add_special_tokens=False)
+        lengths = self.byte_lengths
+        batch = (self.backend.encode_batch_fast(texts, add_special_tokens=False) if lengths is not None
+                 else self.backend.encode_batch(texts, add_special_tokens=False))
         out = []
         for (text, prompt_chars), enc in zip(rendered, batch):
+            ids = np.array(enc.ids, np.int32)  # read from Rust once: every read makes a new Python list
+            spans: Sequence[tuple[int, int]] | None = None
+            if lengths is not None:
+                spans = lengths.spans(ids, text)
+                if spans is None:  # tokens that do not spell the text: this one with the encoder's offsets
+                    enc = self.backend.encode(text, add_special_tokens=False)
+            if spans is None:
+                spans = Spans(enc)
             # Offsets are in text order, so the assistant span starts at the first token ending past the prompt.
-            spans = Spans(enc)
-            first = bisect.bisect_right(spans, prompt_chars, key=_end)
+            first = tokens_ending_by(spans, prompt_chars)
             mask = np.zeros(len(spans), np.int8)
             mask[first:] = 1
-            out.append(Encoded(enc.ids, mask, prompt_chars, text, spans))
+            out.append(Encoded(ids, mask, prompt_chars, text, spans))
         return out
-
-
-def _end(span: tuple[int, int]) -> int:
-    """A span's end: the bisect key that finds the first token past the prompt."""
-    return span[1]
 
 
 class PortableEncoder(ChatEncoder):

@@ -28,7 +28,7 @@ class DocGroup:
 
     group: int
     parts: list[str]  # the traces/ parts holding them
-    ids: list[str]  # in storage order
+    ids: pa.StringArray  # in storage order (Arrow, not Python strings: at a million traces the driver holds them all)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class PackGroup:
     subset: str
     group: int
     docs: list[int]  # documents groups holding its traces (a contiguous run)
-    ids: list[str] | None  # in storage order; None: exactly the documents of group docs[0]
+    ids: pa.StringArray | None  # in storage order; None: exactly the documents of group docs[0]
 
     @property
     def with_documents(self) -> bool:
@@ -55,6 +55,11 @@ class DocumentPlan:
     def packed_with(self, group: int) -> list[PackGroup]:
         """The subset groups packed by documents group `group`'s task."""
         return [p for p in self.packs if p.with_documents and p.docs[0] == group]
+
+
+def compact(ids: pa.ChunkedArray) -> pa.StringArray:
+    """A copy of just these ids: a slice pickles its whole parent buffer into the Ray task that takes it."""
+    return pa.concat_arrays(ids.chunks) if ids.num_chunks else pa.array([], pa.string())
 
 
 def storage_order(members: pa.Table) -> pa.Table:
@@ -80,7 +85,7 @@ def plan_documents(selected: dict[str, pa.Table], group_docs: int) -> DocumentPl
     documents = []
     for g, start in enumerate(range(0, union.num_rows, group_docs)):
         piece = union.slice(start, group_docs)
-        documents.append(DocGroup(g, sorted(set(piece.column("part").to_pylist())), piece.column("id").to_pylist()))
+        documents.append(DocGroup(g, sorted(set(piece.column("part").to_pylist())), compact(piece.column("id"))))
     packs: list[PackGroup] = []
     for name, table in selected.items():
         packs.extend(_subset_groups(name, storage_order(table), union, documents, group_docs))
@@ -97,6 +102,6 @@ def _subset_groups(name: str, ordered: pa.Table, union: pa.Table, documents: lis
         first, last = int(at[start]), int(at[start + n - 1])
         docs = list(range(first // group_docs, last // group_docs + 1))
         whole = first % group_docs == 0 and last - first + 1 == n == len(documents[docs[0]].ids)
-        ids = None if whole else ordered.column("id").slice(start, n).to_pylist()
+        ids = None if whole else compact(ordered.column("id").slice(start, n))
         groups.append(PackGroup(name, g, docs, ids))
     return groups

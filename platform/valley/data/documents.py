@@ -49,7 +49,7 @@ def document_table(ids: list[str], encoded: Iterable[Encoded], policy: Policy) -
     for trace_id, enc in zip(ids, encoded, strict=True):
         facts, reason, truncated, kept = _decide(trace_id, enc, policy)
         if reason is None:
-            token_parts.append(np.array(enc.input_ids[:kept] if truncated else enc.input_ids, np.int32))
+            token_parts.append(np.asarray(enc.input_ids[:kept] if truncated else enc.input_ids, np.int32))
             mask_parts.append(np.asarray(enc.loss_mask[:kept] if truncated else enc.loss_mask, np.int8))
             total += len(token_parts[-1])
         ends.append(total)

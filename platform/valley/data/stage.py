@@ -122,6 +122,13 @@ def _load_meta(storage: Storage, out: str, derived: set[str] = frozenset(), tok:
     return pa.schema([*fields, pa.field("part", TEXT_ONCE)]).empty_table()
 
 
+def release_unused_memory() -> None:
+    """Hand the memory Arrow freed back to the OS. Its allocator keeps freed pages for reuse, so after the
+    selection's transient tables (a million traces' worth) the driver would hold them through the whole
+    tokenizing, beside the workers."""
+    pa.default_memory_pool().release_unused()
+
+
 def _save_tokenizer(cfg: DataConfig, storage: Storage, out: str) -> None:
     for p in sorted(Path(cfg.tokenizer).iterdir()):
         if p.is_file() and not p.name.startswith("."):
@@ -183,6 +190,7 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
     derived = derived_needed([w for subset in cfg.subsets for w in subset.where_clauses()])
     tok = building.result().tok if derived & TOKEN_COLUMNS else None  # the encoder's: loaded once
     meta, dupes = split_duplicate_ids(_load_meta(storage, out, derived, tok))
+    release_unused_memory()
     if dupes.num_rows:
         reasons["duplicate_id"] += dupes.num_rows
         rows = [{"source_file": r["source_file"], "source_row": r["source_row"], "field": "id",
@@ -206,6 +214,7 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
     selected, pools = select_with_pools(ordered, cfg.subsets)
     del ordered
     selected = {name: table.select(SELECTED_COLUMNS) for name, table in selected.items()}
+    release_unused_memory()
     for name, table in selected.items():
         storage.write_parquet(plain(table.select(["id", "question_id", "part"])), out, "subsets", f"{name}.parquet")
 
@@ -215,18 +224,21 @@ def _run(cfg: DataConfig, storage: Storage, files: list[str], h: str, out: str) 
     eot_id, eot_token = end_of_turn(encoder.tok, cfg.tokenizer)
     pad_id, pad_from = pad_of(encoder.tok)
     plan = plan_documents(selected, cfg.group_docs)
+    sizes = {name: table.num_rows for name, table in selected.items()}
+    del selected
+    release_unused_memory()
     doc_stats, all_stats = run_documents(plan, encoder, cfg, storage, out, eot_id)
     documents = {"path": posixpath.join(out, DOCUMENTS_DIR), "parts": len(doc_stats),
                  "traces": sum(s["docs"] for s in doc_stats), "tokens": sum(s["tokens"] for s in doc_stats),
                  "memberships": plan.memberships}
     subsets: dict[str, dict[str, Any]] = {}
     audits: list[SubsetAudit] = []
-    for name, table in selected.items():
+    for name, size in sizes.items():
         stats = sorted((s for s in all_stats if s["subset"] == name), key=lambda s: s["group"])
         dropped = [d for s in stats for d in s["dropped"]]
         if dropped:
             storage.write_parquet(pa.Table.from_pylist(dropped), out, "dropped", f"{name}.parquet")
-        subsets[name] = {**_subset_summary(stats, dropped, table.num_rows), "eligible": pools[name]}
+        subsets[name] = {**_subset_summary(stats, dropped, size), "eligible": pools[name]}
         subsets[name]["path"] = posixpath.join(out, "tokenized", name)
         audit = subset_audit(name, [s["audit"] for s in stats], eot_id=eot_id, eot_token=eot_token, pad_id=pad_id,
                              max_seq_len=cfg.max_seq_len, overlength=cfg.overlength)
