@@ -1,14 +1,16 @@
 """Token ends from each token's byte length, for byte-level BPE tokenizers (Qwen2.5, Llama 3, SmolLM2).
 
 The loss mask and the label audit need where tokens end in the text. The Rust encoder can track offsets,
-but that tracking is a fifth to a third of its encoding time. A byte-level BPE token spells a fixed run of
-the text's UTF-8 bytes, so a token's end is the running sum of the byte lengths before it: the same ids
-come from `encode_batch_fast` (no offsets), and the ends from one numpy cumulative sum.
+but on long reasoning traces that tracking is 40% of its time (`bench_data.py`, real R1 traces). A
+byte-level BPE token spells a fixed run of the text's UTF-8 bytes, so a token's end is the running sum of
+the byte lengths before it: the same ids come from `encode_batch_fast` (no offsets), and the ends from one
+numpy cumulative sum.
 
-Only tokenizers where that holds exactly take this path (`token_byte_lengths` returns None otherwise: a
-normalizer other than NFC (for which a text not already in NFC takes the tracked offsets), byte fallback, added tokens that swallow neighbouring spaces, a post-processor that trims
-offsets), and each is checked against the tracked offsets on probe texts before use. Every document is
-checked too: its token bytes must add up to its text's, or it is encoded again with offsets.
+Only tokenizers where that holds exactly take this path; `token_byte_lengths` returns None for a normalizer
+other than NFC, byte fallback, added tokens that swallow neighbouring spaces, or a post-processor that trims
+offsets, and for any tokenizer whose summed spans differ from its tracked offsets on the probe texts. Each
+document is checked too: its tokens' bytes must add up to its text's (and, under NFC, its text must be NFC
+already), or it is encoded again with offsets.
 """
 
 from __future__ import annotations

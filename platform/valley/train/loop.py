@@ -108,6 +108,9 @@ def _setup_deepspeed(cfg: TrainConfig, spec: EngineSpec, world: int, device: tor
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
+    if cfg.zero_stage == 3 and cfg.zero3_leaf_blocks:
+        blocks = mark_leaf_blocks(model)
+        hb.beat("model_load", f"ZeRO-3 gathers {', '.join(blocks) or 'each module (no block classes named)'} whole")
     schedule = lr_lambda(spec.total_steps, cfg.warmup_ratio, cfg.lr_scheduler, cfg.min_lr_ratio)
 
     def make_scheduler(optimizer: Any) -> Any:
@@ -143,6 +146,19 @@ def _load_partitioned(spec: EngineSpec, ds_config: dict[str, Any], dtype: torch.
     if zero3 and not all(hasattr(p, "ds_id") for p in model.parameters()):
         raise RuntimeError("ZeRO-3 is on but the model was not built inside deepspeed.zero.Init")
     return model
+
+
+def mark_leaf_blocks(model: Any) -> list[str]:
+    """Flag the model's decoder blocks (the classes transformers names in `_no_split_modules`) as ZeRO-3 leaf
+    modules, so DeepSpeed fetches and releases each block's parameters once around the block rather than
+    around each of its layers; returns the class names found."""
+    from deepspeed.utils import set_z3_leaf_modules
+
+    names = list(getattr(model, "_no_split_modules", None) or [])
+    found = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in names})
+    if found:
+        set_z3_leaf_modules(model, found)
+    return found
 
 
 def enable_activation_checkpointing(model: Any) -> None:
