@@ -137,3 +137,14 @@ def test_a_resumed_run_packs_from_the_documents_it_has(ray_local, inputs, tmp_pa
     assert not again.skipped and again.subsets == result.subsets and again.documents == result.documents
     assert kept.stat().st_mtime_ns == made_at  # not encoded again
     assert {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))} == before
+
+
+def test_group_ids_travel_without_their_parent_buffer():
+    """A Ray task takes its group's ids pickled: a slice of the union would carry every id with it."""
+    import pickle
+
+    ids = [f"{i:06d}" for i in range(20_000)]
+    plan = plan_documents({"all": _members(ids), "some": _members(ids[::3])}, group_docs=100)
+    whole = len(pickle.dumps(pa.array(ids)))
+    assert all(len(pickle.dumps(g.ids)) < whole / 20 for g in plan.documents)
+    assert all(len(pickle.dumps(p.ids)) < whole / 20 for p in plan.packs if p.ids is not None)
