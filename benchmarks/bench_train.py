@@ -247,6 +247,8 @@ def main() -> int:
     ap.add_argument("--no-plain", action="store_true", help="skip the single-process baseline")
     ap.add_argument("--breakdown", action="store_true",
                     help="also run the stage's own step in this process (DeepSpeed ZeRO-3, world 1, no Ray)")
+    ap.add_argument("--no-leaf-blocks", action="store_true",
+                    help="ZeRO-3 hooks every module, as before zero3_leaf_blocks (to price that knob)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
@@ -281,7 +283,8 @@ def main() -> int:
     cfg = TrainConfig(data=data, model=str(model_dir), num_workers=args.workers, use_gpu=args.gpu,
                       micro_batch_size=args.micro, global_batch_size=global_batch, epochs=args.epochs,
                       max_seq_len=seq_len, learning_rate=1e-5, cpus_per_worker=cpus,
-                      checkpoint_every_steps=10**6, max_failures=0, shuffle=True)
+                      checkpoint_every_steps=10**6, max_failures=0, shuffle=True,
+                      zero3_leaf_blocks=not args.no_leaf_blocks)
     t0 = time.perf_counter()
     result = run_train(cfg, storage)
     wall = time.perf_counter() - t0
@@ -292,7 +295,7 @@ def main() -> int:
         "date": dt.date.today().isoformat(), "device": "gpu" if args.gpu else "cpu", "shape": shape,
         "seq_len": seq_len, "rows": n_rows, "fill": round(fill, 3), "workers": args.workers, "micro": args.micro,
         "global_batch": global_batch, "steps": len(history), "stage_wall_s": round(wall, 1),
-        "stage_tokens_per_s": round(stage_tps, 1),
+        "stage_tokens_per_s": round(stage_tps, 1), "zero3_leaf_blocks": cfg.zero3_leaf_blocks,
         "stage_in_step_share": round(in_step_share(history, skip), 3),
         "stage_between_steps_s": between_steps(history, skip),
     }
