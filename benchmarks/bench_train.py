@@ -14,6 +14,7 @@ length packed into fixed rows with per-document position ids, as the data stage 
     python benchmarks/bench_train.py --gpu --shape qwen2.5-0.5b --seq-len 32768 --workers 8 --rows 512
     python benchmarks/bench_train.py --model models/SmolLM2-135M-Instruct --rows 24 --global-batch 4 --breakdown
 
+`--no-leaf-blocks` runs ZeRO-3 with hooks on every module (`zero3_leaf_blocks: false`), to price that knob.
 `--breakdown` (CPU) also runs the stage's own step in this process at world size 1 (DeepSpeed ZeRO-3, no
 Ray, rows from memory) and reports each steady step's seconds outside the step (reading its micro-batches,
 reports), which separates what Ray Train and the data feed cost from what DeepSpeed's engine costs.
