@@ -256,3 +256,11 @@ def unpacked_loss(model: Any, docs: list[dict]) -> tuple[Any, int]:
         total = total + model(input_ids=ids, labels=labels).loss * n
         count += n
     return total / count, count
+
+
+def assert_same_encodings(a: Any, b: Any, pairs: list[tuple[str, str]]) -> None:
+    """Two ChatEncoders give the same ids, prompt length, text, mask and token spans for every pair."""
+    for x, y in zip(a.encode(pairs), b.encode(pairs), strict=True):
+        assert (list(x.input_ids), x.prompt_chars, x.text) == (list(y.input_ids), y.prompt_chars, y.text)
+        assert x.loss_mask.tolist() == y.loss_mask.tolist()
+        assert list(x.offsets) == list(y.offsets)

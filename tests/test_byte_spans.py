@@ -11,6 +11,7 @@ import pytest
 from tokenizers import Tokenizer
 
 import real_tokenizers
+from fixtures import assert_same_encodings
 from valley.data.byte_spans import CHECK_TEXTS, ByteLengths, byte_spans, token_byte_lengths
 from valley.data.chat import PROBES, ChatEncoder, PortableEncoder
 from valley.demo import build_demo_tokenizer, make_traces
@@ -90,18 +91,14 @@ def _pairs(n: int = 60) -> list[tuple[str, str]]:
     return pairs + [(q + " 日本語", "<think>é 😀</think>\n" + t) for (q, _), t in zip(pairs, texts)] + list(PROBES)
 
 
-def _encodings(encoder: ChatEncoder, pairs) -> list[tuple]:
-    return [(list(e.input_ids), e.loss_mask.tolist(), e.prompt_chars, e.text, list(e.offsets))
-            for e in encoder.encode(pairs)]
-
-
 def test_encoder_without_offsets_encodes_as_the_one_with_them(demo_tok):
     fast, tracked = ChatEncoder(demo_tok, "Be brief."), ChatEncoder(demo_tok, "Be brief.")
     tracked.byte_lengths = None  # the encoder's own offsets
     assert fast.byte_lengths is not None
-    assert _encodings(fast, _pairs()) == _encodings(tracked, _pairs())
+    assert_same_encodings(fast, tracked, _pairs())
     portable = PortableEncoder(json.loads(json.dumps(fast.portable())))
-    assert portable.byte_lengths is not None and _encodings(portable, _pairs()) == _encodings(tracked, _pairs())
+    assert portable.byte_lengths is not None
+    assert_same_encodings(portable, tracked, _pairs())
 
 
 def test_a_document_whose_tokens_do_not_add_up_is_encoded_with_offsets(demo_tok):
@@ -110,7 +107,7 @@ def test_a_document_whose_tokens_do_not_add_up_is_encoded_with_offsets(demo_tok)
     lengths = wrong.byte_lengths.lengths.copy()
     lengths[wrong.backend.token_to_id("<|im_end|>")] += 1  # every document's bytes now disagree
     wrong.byte_lengths = ByteLengths(lengths, nfc=False)
-    assert _encodings(wrong, _pairs(10)) == _encodings(tracked, _pairs(10))
+    assert_same_encodings(wrong, tracked, _pairs(10))
 
 
 def test_nfc_tokenizer_encodes_text_not_in_nfc_with_offsets(shared_data, tmp_path):
@@ -122,4 +119,4 @@ def test_nfc_tokenizer_encodes_text_not_in_nfc_with_offsets(shared_data, tmp_pat
     decomposed = "cafe\u0301 <think>e\u0301</think> 日本語"
     assert fast.byte_lengths.spans(fast.backend.encode(decomposed, add_special_tokens=False).ids, decomposed) is None
     pairs = _pairs(20) + [("q e\u0301", decomposed), ("Ω \u2126", "<think>\u2126</think>")]
-    assert _encodings(fast, pairs) == _encodings(tracked, pairs)
+    assert_same_encodings(fast, tracked, pairs)

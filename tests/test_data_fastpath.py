@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 import real_tokenizers
+from fixtures import assert_same_encodings
 from valley.data.chat import PROBES, ChatEncoder, PortableEncoder, Spans
 from valley.data.tokenize import group_rows
 from valley.demo import build_demo_tokenizer, make_traces
@@ -46,13 +47,6 @@ def _pairs(n: int = 60) -> list[tuple[str, str]]:
     return pairs + [(f"  {q}\n", f"\n{r}  ") for q, r in pairs[:5]] + PROBES
 
 
-def _same_encodings(a: ChatEncoder, b: ChatEncoder, pairs: list[tuple[str, str]]) -> None:
-    for x, y in zip(a.encode(pairs), b.encode(pairs), strict=True):
-        assert (x.input_ids.tolist(), x.prompt_chars, x.text) == (y.input_ids.tolist(), y.prompt_chars, y.text)
-        assert x.loss_mask.tolist() == y.loss_mask.tolist()
-        assert list(x.offsets) == list(y.offsets)
-
-
 @pytest.mark.parametrize("system_prompt", [None, "Be brief.", "  spaced \n"])
 def test_splice_renders_as_the_template(demo_tok, system_prompt):
     enc = ChatEncoder(demo_tok, system_prompt)
@@ -84,13 +78,13 @@ def test_portable_encoder_encodes_as_the_full_one(demo_tok):
     full = ChatEncoder(demo_tok, "Be brief.")
     portable = PortableEncoder(json.loads(json.dumps(full.portable())))  # as it travels to a worker
     assert portable.pad_id == full.pad_id
-    _same_encodings(full, portable, _pairs())
+    assert_same_encodings(full, portable, _pairs())
 
 
 def test_real_qwen25_splices_and_llama31_and_qwen3_render_per_trace(shared_data, tmp_path):
     qwen25 = ChatEncoder(str(real_tokenizers.qwen25_dir(shared_data, tmp_path / "q25")))
     assert qwen25.splice is not None
-    _same_encodings(qwen25, PortableEncoder(qwen25.portable()), _pairs(20))
+    assert_same_encodings(qwen25, PortableEncoder(qwen25.portable()), _pairs(20))
     for q, r in _pairs(20):
         assert qwen25.render(q, r) == qwen25.render_template(q, r)
     llama = ChatEncoder(str(real_tokenizers.llama31_dir(shared_data, tmp_path / "l31")), system_prompt="Be brief.")
