@@ -5,7 +5,9 @@
    fresh-process rounds; on the synthetic corpus (demo tokenizer) and on real DeepSeek-R1 traces
    (../shared/data/traces, Qwen2.5 tokenizer, 32K rows) when present. The raw encoder is timed twice:
    `encode_batch` with offsets (the issue's baseline) and `encode_batch_fast` without them (the call the
-   stage makes for byte-level tokenizers, data/byte_spans.py);
+   stage makes for byte-level tokenizers, data/byte_spans.py). Each round also splits the stage's time into
+   its fixed start-up (until the first documents task) and the documents step, and counts the CPU seconds
+   each side cost the machine; several --throughput-traces sizes make a scale sweep;
 2. pack efficiency at 32K of best-fit decreasing vs naive in-order greedy packing, on the token lengths of
    real R1 code-reasoning traces (../shared/data/traces, Qwen tokenizer) when present;
 3. peak RSS (driver + Ray workers) of the stage on N vs 10·N synthetic traces: streaming means the ratio
@@ -23,6 +25,7 @@
     python benchmarks/bench_data.py --join-only --join-small 100000 --join-large 1000000   # just the join
     python benchmarks/bench_data.py --subsets-only --baseline 47f5a5a   # just ratio 5
     python benchmarks/bench_data.py --throughput-only --throughput-rounds 3 --r1-traces 2000   # just ratio 1
+    python benchmarks/bench_data.py --throughput-only --throughput-traces 20000 50000 100000 --r1-traces 0   # its sweep
     python benchmarks/bench_data.py --rss-only --small 100000 --large 1000000   # just ratio 3
 """
 
@@ -80,36 +83,67 @@ def write_r1_corpus(path: Path, n: int) -> dict | None:
     return {"responses_distinct": len(responses), "prompts_distinct": len(prompts), "traces": n}
 
 
+def busy_core_seconds() -> float | None:
+    """CPU seconds every core of the machine has spent busy since boot (Linux's /proc/stat; None elsewhere):
+    the difference over a window is what the window cost the whole machine, Ray's own processes included."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+def _spent(since: float | None) -> float | None:
+    now = busy_core_seconds()
+    return None if since is None or now is None else round(now - since, 2)
+
+
 def throughput_child(corpus: str, tok_dir: str, store: str, seq_len: str) -> None:
     """One round, in a fresh process (so nothing the stage imports or starts is warm from an earlier round):
-    the data stage on a started Ray, then the raw encoder on the same texts, in the same minute."""
+    the data stage on a started Ray, then the raw encoder on the same texts, in the same minute. Also
+    when the stage's documents step began (everything before it is fixed start-up: worker imports,
+    ingest, selection, the driver's tokenizer load) and the CPU each side cost the machine."""
     from valley import runtime
+    from valley.data import stage
     from valley.data.chat import ChatEncoder
     from valley.data.config import DataConfig
     from valley.data.stage import run_data
     from valley.storage import Storage
 
+    documents_began: list[float] = []
+    run_documents = stage.run_documents
+
+    def timed_documents(*args, **kwargs):
+        documents_began.append(time.perf_counter())
+        return run_documents(*args, **kwargs)
+
+    stage.run_documents = timed_documents
     runtime.init()
     cfg = DataConfig(name="bench", inputs=[corpus], tokenizer=tok_dir, max_seq_len=int(seq_len),
                      chunk_rows=20_000, group_docs=4096)
+    cpu = busy_core_seconds()
     t0 = time.perf_counter()
     result = run_data(cfg, Storage(store))
-    pipeline_s = time.perf_counter() - t0
+    end = time.perf_counter()
+    pipeline_s, pipeline_cpu = end - t0, _spent(cpu)
     runtime.shutdown()
     # The naive baseline: the Rust encoder alone, batch-encoding pre-rendered texts, nothing else.
     encoder = ChatEncoder(tok_dir)
     with Path(corpus).open(encoding="utf-8") as f:
         texts = [encoder.render(r["question"], r["response"])[0] for r in map(json.loads, f)]
+    cpu = busy_core_seconds()
     t0 = time.perf_counter()
     raw_tokens = sum(len(e.ids) for e in encoder.backend.encode_batch(texts, add_special_tokens=False))
-    raw_s = time.perf_counter() - t0
+    raw_s, raw_cpu = time.perf_counter() - t0, _spent(cpu)
     # The encoder's cheaper call, without offsets, which the stage itself uses for byte-level tokenizers.
     t0 = time.perf_counter()
     fast_tokens = sum(len(e.ids) for e in encoder.backend.encode_batch_fast(texts, add_special_tokens=False))
     fast_s = time.perf_counter() - t0
     print(json.dumps({"traces": len(texts), "pipeline_tokens": result.subsets["all"]["tokens"],
-                      "pipeline_s": pipeline_s, "raw_encoder_tokens": raw_tokens, "raw_encoder_s": raw_s,
-                      "raw_fast_tokens": fast_tokens, "raw_fast_s": fast_s,
+                      "pipeline_s": pipeline_s, "documents_s": end - documents_began[0],
+                      "pipeline_core_s": pipeline_cpu, "raw_encoder_tokens": raw_tokens, "raw_encoder_s": raw_s,
+                      "raw_encoder_core_s": raw_cpu, "raw_fast_tokens": fast_tokens, "raw_fast_s": fast_s,
                       "pipeline_without_offsets": encoder.byte_lengths is not None,
                       "pack_efficiency": result.subsets["all"]["pack_efficiency"]}))
 
@@ -147,6 +181,13 @@ def throughput(corpus: Path, tok_dir: Path, workdir: Path, seq_len: int, rounds:
         "pipeline_without_offsets": mid["pipeline_without_offsets"],
         "seconds_per_round": [[round(r["pipeline_s"], 2), round(r["raw_encoder_s"], 2), round(r["raw_fast_s"], 2)]
                               for r in runs],
+        # where the stage's time goes: fixed start-up before the first documents task, then the documents
+        "start_up_s": round(mid["pipeline_s"] - mid["documents_s"], 2),
+        "documents_s": round(mid["documents_s"], 2),
+        "ratio_documents_step_vs_raw": round(mid["raw_encoder_s"] / mid["documents_s"], 3),
+        # what each side cost the machine's cores (None off Linux)
+        "pipeline_core_s": mid["pipeline_core_s"],
+        "raw_encoder_core_s": mid["raw_encoder_core_s"],
         "pack_efficiency": mid["pack_efficiency"],
     }
 
@@ -408,7 +449,9 @@ def _print_and_save(report: dict, out: str | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--throughput-traces", type=int, default=20_000)
+    ap.add_argument("--throughput-traces", type=int, nargs="+", default=[20_000],
+                    help="synthetic corpus sizes of ratio 1: the first is the issue's figure, more make a scale "
+                         "sweep (how the stage's fixed start-up weighs as the corpus grows)")
     ap.add_argument("--small", type=int, default=100_000)
     ap.add_argument("--large", type=int, default=1_000_000)
     ap.add_argument("--skip-rss", action="store_true")
@@ -460,16 +503,21 @@ def main() -> None:
             return _print_and_save(report, args.out)
         if args.subsets_only or not (args.skip_subsets or only_one):
             labelled = work / "labelled.jsonl"
-            write_labelled_corpus(labelled, args.throughput_traces)
+            write_labelled_corpus(labelled, args.throughput_traces[0])
             report["subset_set"] = subset_set(labelled, tok, work, args.baseline, args.rounds)
             print(json.dumps(report["subset_set"]), flush=True)
         if args.subsets_only:
             return _print_and_save(report, args.out)
         if not args.rss_only:
-            corpus = work / "corpus.jsonl"
-            write_corpus(corpus, args.throughput_traces)
-            report["throughput"] = throughput(corpus, tok, work, seq_len=4096, rounds=args.throughput_rounds)
-            print(json.dumps(report["throughput"]), flush=True)
+            for n in args.throughput_traces:
+                corpus = work / f"corpus-{n}.jsonl"
+                write_corpus(corpus, n)
+                measured = throughput(corpus, tok, work, seq_len=4096, rounds=args.throughput_rounds)
+                corpus.unlink()
+                print(json.dumps(measured), flush=True)
+                report.setdefault("throughput", measured)
+                if len(args.throughput_traces) > 1:
+                    report.setdefault("throughput_by_size", []).append(measured)
             r1_corpus = work / "r1.jsonl"
             made = write_r1_corpus(r1_corpus, args.r1_traces) if args.r1_traces else None
             if made:
