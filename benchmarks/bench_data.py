@@ -83,20 +83,17 @@ def write_r1_corpus(path: Path, n: int) -> dict | None:
     return {"responses_distinct": len(responses), "prompts_distinct": len(prompts), "traces": n}
 
 
-def busy_core_seconds() -> float | None:
-    """CPU seconds every core of the machine has spent busy since boot (Linux's /proc/stat; None elsewhere):
-    the difference over a window is what the window cost the whole machine, Ray's own processes included."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+def busy_core_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (psutil's system-wide times): the
+    difference over a window is what the window cost the whole machine, Ray's own processes included."""
+    t = psutil.cpu_times()
+    # idle and waiting on I/O are not busy; Linux counts guest time inside user time too (not twice here)
+    not_busy = [getattr(t, name, 0.0) for name in ("idle", "iowait", "guest", "guest_nice")]
+    return sum(t) - sum(not_busy)
 
 
-def _spent(since: float | None) -> float | None:
-    now = busy_core_seconds()
-    return None if since is None or now is None else round(now - since, 2)
+def _spent(since: float) -> float:
+    return round(busy_core_seconds() - since, 2)
 
 
 def throughput_child(corpus: str, tok_dir: str, store: str, seq_len: str) -> None:
@@ -185,7 +182,7 @@ def throughput(corpus: Path, tok_dir: Path, workdir: Path, seq_len: int, rounds:
         "start_up_s": round(mid["pipeline_s"] - mid["documents_s"], 2),
         "documents_s": round(mid["documents_s"], 2),
         "ratio_documents_step_vs_raw": round(mid["raw_encoder_s"] / mid["documents_s"], 3),
-        # what each side cost the machine's cores (None off Linux)
+        # what each side cost the machine's cores
         "pipeline_core_s": mid["pipeline_core_s"],
         "raw_encoder_core_s": mid["raw_encoder_core_s"],
         "pack_efficiency": mid["pack_efficiency"],
